@@ -1,0 +1,279 @@
+/* SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "macro.h"
+#include "testlib.h"
+
+static char tmpdir[256];
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+        return remove(path);
+}
+
+static void tmpdir_cleanup(void) {
+        if (tmpdir[0] && !getenv("SIPFLEET_KEEP_TMP"))
+                nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+const char *tl_tmpdir(void) {
+        if (!tmpdir[0]) {
+                const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+                snprintf(tmpdir, sizeof tmpdir, "%s/sipfleet-test-XXXXXX", base);
+                ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+                atexit(tmpdir_cleanup);
+        }
+        return tmpdir;
+}
+
+char *tl_path(const char *name) {
+        char *p;
+        ck_assert_int_ge(asprintf(&p, "%s/%s", tl_tmpdir(), name), 0);
+        return p;
+}
+
+char *tl_write_file(const char *name, const char *text) {
+        char *p = tl_path(name);
+        FILE *f = fopen(p, "we");
+        ck_assert_ptr_nonnull(f);
+        fputs(text, f);
+        ck_assert_int_eq(fclose(f), 0);
+        return p;
+}
+
+static char *root_path(const char *var, const char *rel) {
+        const char *root = getenv(var);
+        ck_assert_msg(root, "%s is not set (run the tests with meson test)", var);
+        char *p;
+        ck_assert_int_ge(asprintf(&p, "%s/%s", root, rel), 0);
+        return p;
+}
+
+char *tl_build_path(const char *rel) {
+        return root_path("SIPFLEET_BUILD_ROOT", rel);
+}
+
+char *tl_source_path(const char *rel) {
+        return root_path("SIPFLEET_SOURCE_ROOT", rel);
+}
+
+int tl_run(Suite *s) {
+        SRunner *sr = srunner_create(s);
+        srunner_set_tap(sr, "-");
+        srunner_run_all(sr, CK_SILENT);
+        int failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+int tl_free_port(void) {
+        /* Ask the kernel for an ephemeral TCP port, then check UDP takes it too. Ports handed out
+         * are remembered so one test never gets the same one twice. */
+        static int given[256];
+        static size_t n_given;
+        for (int attempt = 0; attempt < 100; attempt++) {
+                _cleanup_close_ int t = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+                socklen_t len = sizeof a;
+                if (t < 0 || bind(t, (struct sockaddr *)&a, sizeof a) < 0 ||
+                    getsockname(t, (struct sockaddr *)&a, &len) < 0)
+                        continue;
+                _cleanup_close_ int u = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+                if (u < 0 || bind(u, (struct sockaddr *)&a, sizeof a) < 0)
+                        continue;
+                int port = ntohs(a.sin_port);
+                bool seen = false;
+                for (size_t i = 0; i < n_given; i++)
+                        seen = seen || given[i] == port;
+                if (seen)
+                        continue;
+                if (n_given < ELEMENTSOF(given))
+                        given[n_given++] = port;
+                return port;
+        }
+        ck_abort_msg("no free port");
+        return -1;
+}
+
+int tl_spawn(const char *name, char *const argv[], struct tl_proc *p) {
+        _cleanup_free_ char *logname = NULL;
+        ck_assert_int_ge(asprintf(&logname, "%s.log", name), 0);
+        p->log = tl_path(logname);
+        fflush(NULL);
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+                if (fd >= 0) {
+                        dup2(fd, STDOUT_FILENO);
+                        dup2(fd, STDERR_FILENO);
+                }
+                int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                if (devnull >= 0)
+                        dup2(devnull, STDIN_FILENO);
+                setpgid(0, 0);
+                execv(argv[0], argv);
+                fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+                _exit(127);
+        }
+        p->pid = pid;
+        return 0;
+}
+
+int tl_wait(struct tl_proc *p, int timeout_ms) {
+        for (int waited = 0;; waited += 10) {
+                int status;
+                pid_t r = waitpid(p->pid, &status, WNOHANG);
+                if (r == p->pid) {
+                        p->pid = 0;
+                        return status;
+                }
+                if (r < 0)
+                        return -errno;
+                if (waited >= timeout_ms)
+                        return -ETIMEDOUT;
+                nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+        }
+}
+
+void tl_kill(struct tl_proc *p, int sig) {
+        if (p->pid > 0)
+                kill(p->pid, sig);
+}
+
+int tl_stop(struct tl_proc *p) {
+        if (p->pid <= 0)
+                return 0;
+        kill(p->pid, SIGTERM);
+        int r = tl_wait(p, 5000);
+        if (r == -ETIMEDOUT) {
+                kill(p->pid, SIGKILL);
+                r = tl_wait(p, 5000);
+        }
+        return r;
+}
+
+char *tl_log(struct tl_proc *p) {
+        FILE *f = p->log ? fopen(p->log, "re") : NULL;
+        if (!f)
+                return strdup("");
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *m = open_memstream(&buf, &len);
+        char chunk[4096];
+        size_t n;
+        while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+                fwrite(chunk, 1, n, m);
+        fclose(f);
+        fclose(m);
+        return buf;
+}
+
+int tl_wait_unix(const char *path, int timeout_ms) {
+        for (int waited = 0; waited <= timeout_ms; waited += 10) {
+                _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                struct sockaddr_un a = {.sun_family = AF_UNIX};
+                snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+                if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
+                        return 0;
+                nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+        }
+        return -ETIMEDOUT;
+}
+
+int tl_wait_tcp(int port, int timeout_ms) {
+        for (int waited = 0; waited <= timeout_ms; waited += 10) {
+                _cleanup_close_ int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
+                                        .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+                if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
+                        return 0;
+                nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+        }
+        return -ETIMEDOUT;
+}
+
+int tl_redis_start(struct tl_redis *r, const char *const *extra) {
+        char port[16];
+        r->port = tl_free_port();
+        snprintf(port, sizeof port, "%d", r->port);
+        char *argv[64] = {"/usr/bin/redis-server", "--port", port, "--bind", "127.0.0.1",
+                          "--save", "", "--appendonly", "no", "--dir", (char *)tl_tmpdir()};
+        size_t n = 11;
+        for (; extra && *extra && n < ELEMENTSOF(argv) - 1; extra++)
+                argv[n++] = (char *)*extra;
+        argv[n] = NULL;
+        _cleanup_free_ char *name = NULL;
+        ck_assert_int_ge(asprintf(&name, "redis-%d", r->port), 0);
+        tl_spawn(name, argv, &r->proc);
+        for (int i = 0; i < 500; i++) {
+                _cleanup_free_ char *pong = tl_redis_cmd(r, "PING");
+                if (pong && streq(pong, "PONG"))
+                        return 0;
+                nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+        }
+        _cleanup_free_ char *log = tl_log(&r->proc);
+        ck_abort_msg("redis-server did not start: %s", log);
+        return -ETIMEDOUT;
+}
+
+void tl_redis_stop(struct tl_redis *r) {
+        tl_stop(&r->proc);
+        free(r->proc.log);
+        r->proc.log = NULL;
+}
+
+static void reply_to_text(FILE *m, redisReply *rep) {
+        switch (rep->type) {
+        case REDIS_REPLY_INTEGER:
+                fprintf(m, "%lld", rep->integer);
+                break;
+        case REDIS_REPLY_NIL:
+                break;
+        case REDIS_REPLY_ARRAY:
+                for (size_t i = 0; i < rep->elements; i++) {
+                        if (i)
+                                fputc('\n', m);
+                        reply_to_text(m, rep->element[i]);
+                }
+                break;
+        default:
+                fwrite(rep->str, 1, rep->len, m);
+        }
+}
+
+char *tl_redis_cmd(struct tl_redis *r, const char *fmt, ...) {
+        struct timeval tv = {1, 0};
+        redisContext *c = redisConnectWithTimeout("127.0.0.1", r->port, tv);
+        if (!c || c->err) {
+                if (c)
+                        redisFree(c);
+                return NULL;
+        }
+        va_list ap;
+        va_start(ap, fmt);
+        redisReply *rep = redisvCommand(c, fmt, ap);
+        va_end(ap);
+        char *buf = NULL;
+        if (rep) {
+                size_t len;
+                FILE *m = open_memstream(&buf, &len);
+                reply_to_text(m, rep);
+                fclose(m);
+                freeReplyObject(rep);
+        }
+        redisFree(c);
+        return buf;
+}
