@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: MIT */
+#define LOG_SUBSYSTEM LOG_sip
+#include <stdio.h>
+
+#include "log.h"
+#include "module.h"
+#include "proxy.h"
+#include "stats.h"
+
+/* The chain, in order. Modules arrive with their issues; the order follows DESIGN.md §5:
+ * DoSProtection → SanityChecker → Capabilities → NatHelper → Authentication → RegEvent →
+ * Presence → B2bua → Registrar → Router → PushNotification → MediaRelay → Forward. */
+static const struct module_desc *const chain[] = {
+        &module_capabilities,
+};
+
+int modules_new(struct proxy *p, struct conf *conf, struct module ***ret, size_t *n) {
+        size_t count = ELEMENTSOF(chain);
+        struct module **mods = calloc(count, sizeof *mods);
+        int r;
+        if (!mods)
+                return -ENOMEM;
+        for (size_t i = 0; i < count; i++) {
+                const struct module_desc *desc = chain[i];
+                struct module *m = calloc(1, sizeof *m);
+                if (!m) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                mods[i] = m;
+                m->desc = desc;
+                m->proxy = p;
+                if (desc->state_size > 0 && !(m->state = calloc(1, desc->state_size))) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                const struct conf_section section = {desc->section, desc->doc};
+                m->enabled_row = (struct conf_option){
+                        desc->section, "enabled", CONF_BOOL, offsetof(struct module, enabled),
+                        desc->default_enabled ? "true" : "false", 0, 0, 0,
+                        "Whether requests pass through this module"};
+                if ((r = conf_add_sections(conf, &section, 1)) < 0 ||
+                    (r = conf_add_table(conf, &m->enabled_row, 1, m)) < 0)
+                        goto fail;
+                if (desc->n_rows > 0 &&
+                    (r = conf_add_table(conf, desc->rows, desc->n_rows, m->state)) < 0)
+                        goto fail;
+        }
+        *ret = mods;
+        *n = count;
+        return 0;
+fail:
+        modules_free(mods, count);
+        return r;
+}
+
+int modules_init(struct module **mods, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                struct module *m = mods[i];
+                m->count_requests = stats_declare(proxy_stats(m->proxy), m->desc->section,
+                                                  "count-requests",
+                                                  "Requests that entered this module");
+                if (!m->enabled || !m->desc->init)
+                        continue;
+                int r = m->desc->init(m);
+                if (r < 0)
+                        return log_error_errno(r, "Module %s failed to start: %m", m->desc->name);
+        }
+        return 0;
+}
+
+void modules_free(struct module **mods, size_t n) {
+        if (!mods)
+                return;
+        for (size_t i = 0; i < n; i++) {
+                struct module *m = mods[i];
+                if (!m)
+                        continue;
+                if (m->desc->done)
+                        m->desc->done(m);
+                free(m->state);
+                free(m);
+        }
+        free(mods);
+}

@@ -1,0 +1,365 @@
+/* SPDX-License-Identifier: MIT */
+#define LOG_SUBSYSTEM LOG_sip
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <sys/stat.h>
+
+#include <sofia-sip/su_tagarg.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "loop.h"
+#include "module.h"
+#include "proxy.h"
+#include "stats.h"
+
+#define C(field) offsetof(struct proxy_config, field)
+
+static const struct conf_option proxy_rows[] = {
+        {"global", "transports", CONF_URI_LIST, C(transports), "sip:*:5060", 0, 0, 0,
+         "SIP URIs to listen on: sip:host:port (UDP and TCP), ;transport=udp or tcp for one, "
+         "sips:host:port for TLS; IPv6 in brackets; ;maddr=IP binds IP and advertises host"},
+        {"global", "aliases", CONF_LIST, C(aliases), NULL, 0, 0, 0,
+         "Other host names that designate this proxy (loop detection, requests for us)"},
+        {"global", "tls-certificates-dir", CONF_STRING, C(tls_certificates_dir),
+         CONFDIR "/tls", 0, 0, 0,
+         "Directory with agent.pem (private key and certificate chain) and cafile.pem "
+         "(trusted CAs), used by sips: transports"},
+        {"global", "idle-timeout", CONF_DURATION, C(idle_timeout_ms), "3600s", 0, 0, 0,
+         "Close TCP and TLS connections idle for this long", .unit = CONF_UNIT_S},
+};
+
+static const char *const request_names[] = {
+        "register", "invite", "ack",       "bye",    "cancel", "options", "message",
+        "info",     "notify", "subscribe", "update", "prack",  "refer",   "publish", "unknown",
+};
+static const sip_method_t request_methods[] = {
+        sip_method_register, sip_method_invite, sip_method_ack,       sip_method_bye,
+        sip_method_cancel,   sip_method_options, sip_method_message,  sip_method_info,
+        sip_method_notify,   sip_method_subscribe, sip_method_update, sip_method_prack,
+        sip_method_refer,    sip_method_publish,
+};
+static const int reply_codes[] = {100, 180, 200, 202, 401, 403, 404, 407,
+                                  408, 480, 486, 487, 488, 503, 603};
+
+struct stats *proxy_stats(struct proxy *p) {
+        return daemon_stats(p->daemon);
+}
+
+int proxy_new(struct daemon *d, struct proxy **ret) {
+        struct proxy *p = calloc(1, sizeof *p);
+        int r;
+        if (!p)
+                return -ENOMEM;
+        p->daemon = d;
+        su_home_init(p->home);
+        r = conf_add_table(daemon_conf(d), proxy_rows, ELEMENTSOF(proxy_rows), &p->config);
+        if (r >= 0)
+                r = modules_new(p, daemon_conf(d), &p->modules, &p->n_modules);
+        if (r < 0) {
+                proxy_free(p);
+                return r;
+        }
+        *ret = p;
+        return 0;
+}
+
+static int collect_local_addresses(struct proxy *p) {
+        struct ifaddrs *ifa_list;
+        if (getifaddrs(&ifa_list) < 0)
+                return -errno;
+        for (struct ifaddrs *ifa = ifa_list; ifa; ifa = ifa->ifa_next) {
+                char host[NI_MAXHOST];
+                if (!ifa->ifa_addr ||
+                    (ifa->ifa_addr->sa_family != AF_INET && ifa->ifa_addr->sa_family != AF_INET6))
+                        continue;
+                if (getnameinfo(ifa->ifa_addr,
+                                ifa->ifa_addr->sa_family == AF_INET ? sizeof(struct sockaddr_in)
+                                                                    : sizeof(struct sockaddr_in6),
+                                host, sizeof host, NULL, 0, NI_NUMERICHOST) != 0)
+                        continue;
+                char *pct = strchr(host, '%');
+                if (pct)
+                        *pct = 0;
+                if (strv_extend(&p->local_addresses, host) < 0) {
+                        freeifaddrs(ifa_list);
+                        return -ENOMEM;
+                }
+        }
+        freeifaddrs(ifa_list);
+        return 0;
+}
+
+static bool host_equal(const char *a, const char *b) {
+        /* IPv6 references come bracketed in URIs and bare from tport names. */
+        size_t la = strlen(a), lb = strlen(b);
+        if (a[0] == '[' && la > 2) {
+                a++;
+                la -= 2;
+        }
+        if (b[0] == '[' && lb > 2) {
+                b++;
+                lb -= 2;
+        }
+        return la == lb && strncasecmp(a, b, la) == 0;
+}
+
+static bool is_wildcard(const char *host) {
+        return streq(host, "*") || streq(host, "0.0.0.0") || streq(host, "::") ||
+               streq(host, "[::]");
+}
+
+bool proxy_is_us(struct proxy *p, const url_t *url) {
+        if (!url || !url->url_host)
+                return false;
+        const char *want_port = url->url_port;
+        if (!want_port)
+                want_port = url->url_type == url_sips ? "5061" : "5060";
+
+        STRV_FOREACH(alias, p->config.aliases)
+                if (host_equal(*alias, url->url_host))
+                        return true;
+
+        for (tport_t *tp = tport_primaries(nta_agent_tports(p->agent)); tp; tp = tport_next(tp)) {
+                const tp_name_t *n = tport_name(tp);
+                if (!n->tpn_port || !streq(n->tpn_port, want_port))
+                        continue;
+                if (host_equal(n->tpn_host, url->url_host) ||
+                    (n->tpn_canon && host_equal(n->tpn_canon, url->url_host)))
+                        return true;
+                if (is_wildcard(n->tpn_host))
+                        STRV_FOREACH(a, p->local_addresses)
+                                if (host_equal(*a, url->url_host))
+                                        return true;
+        }
+        return false;
+}
+
+static void count_reply(struct proxy *p, int status) {
+        for (size_t i = 0; i < ELEMENTSOF(reply_codes); i++)
+                if (reply_codes[i] == status) {
+                        stats_inc(p->count_reply[i]);
+                        return;
+                }
+        stats_inc(p->count_reply[ELEMENTSOF(reply_codes)]);
+}
+
+int proxy_request_reply(struct proxy_request *req, int status, const char *phrase, tag_type_t tag,
+                        tag_value_t value, ...) {
+        ta_list ta;
+        ta_start(ta, tag, value);
+        int r = nta_incoming_treply(req->irq, status, phrase, ta_tags(ta));
+        ta_end(ta);
+        if (r < 0)
+                return log_debug_errno(EIO, "Failed to send %d reply.", status);
+        count_reply(req->proxy, status);
+        if (status >= 200)
+                req->replied = true;
+        return 0;
+}
+
+static void request_free(struct proxy_request *req) {
+        struct proxy *p = req->proxy;
+        if (req->irq)
+                nta_incoming_destroy(req->irq);
+        if (req->msg)
+                msg_destroy(req->msg);
+        free(req);
+        p->n_inflight--;
+        if (p->stopping && p->n_inflight == 0)
+                daemon_drained(p->daemon);
+}
+
+/* Runs the chain from req->next_module; frees the request unless a module suspended it. */
+static void run_chain(struct proxy_request *req) {
+        struct proxy *p = req->proxy;
+        log_set_sip_context(&req->log_ctx);
+        for (size_t i = req->next_module; i < p->n_modules; i++) {
+                struct module *m = p->modules[i];
+                if (!m->enabled)
+                        continue;
+                stats_inc(m->count_requests);
+                enum module_result r = m->desc->on_request(m, req);
+                if (r == MODULE_SUSPEND) {
+                        req->next_module = i + 1;
+                        log_set_sip_context(NULL);
+                        return;
+                }
+                if (r == MODULE_STOP)
+                        goto done;
+        }
+        /* Nothing took the request. Routing and forwarding modules join the chain with the
+         * proxy-core work; until then the proxy says so instead of dropping it. */
+        if (req->sip->sip_request->rq_method != sip_method_ack && !req->replied) {
+                log_info("No module handles %s; answering 501.",
+                         req->sip->sip_request->rq_method_name);
+                proxy_request_reply(req, SIP_501_NOT_IMPLEMENTED, TAG_END());
+        }
+done:
+        log_set_sip_context(NULL);
+        request_free(req);
+}
+
+void proxy_request_resume(struct proxy_request *req, int result) {
+        if (result == MODULE_STOP) {
+                request_free(req);
+                return;
+        }
+        run_chain(req);
+}
+
+static void count_request(struct proxy *p, sip_method_t method) {
+        for (size_t i = 0; i < ELEMENTSOF(request_methods); i++)
+                if (request_methods[i] == method) {
+                        stats_inc(p->count_request[i]);
+                        return;
+                }
+        stats_inc(p->count_request[ELEMENTSOF(request_methods)]);
+}
+
+static int on_request(struct proxy *p, nta_leg_t *leg, nta_incoming_t *irq, sip_t const *sip) {
+        count_request(p, sip->sip_request->rq_method);
+        if (p->stopping) {
+                if (sip->sip_request->rq_method == sip_method_ack) {
+                        nta_incoming_destroy(irq);
+                        return 0;
+                }
+                count_reply(p, 503);
+                nta_incoming_treply(irq, SIP_503_SERVICE_UNAVAILABLE,
+                                    SIPTAG_RETRY_AFTER_STR("5"), TAG_END());
+                nta_incoming_destroy(irq);
+                return 0;
+        }
+        struct proxy_request *req = calloc(1, sizeof *req);
+        if (!req) {
+                log_oom();
+                return 500;
+        }
+        p->n_inflight++;
+        req->proxy = p;
+        req->irq = irq;
+        req->msg = nta_incoming_getrequest(irq);
+        req->sip = sip_object(req->msg);
+        req->log_ctx = (struct log_sip_context){
+                .call_id = sip->sip_call_id ? sip->sip_call_id->i_id : NULL,
+                .method = sip->sip_request->rq_method_name,
+        };
+        if (log_get_target() == LOG_TARGET_JOURNAL) {
+                su_home_t *home = msg_home(req->msg);
+                if (sip->sip_from)
+                        req->log_ctx.from = url_as_string(home, sip->sip_from->a_url);
+                if (sip->sip_to)
+                        req->log_ctx.to = url_as_string(home, sip->sip_to->a_url);
+        }
+        run_chain(req);
+        return 0;
+}
+
+/* Messages nta does not match to a transaction (stray responses, stateless traffic). */
+static int on_message(struct proxy *p, nta_agent_t *agent, msg_t *msg, sip_t *sip) {
+        if (sip && sip->sip_status)
+                log_debug("Dropping stray %u response.", sip->sip_status->st_status);
+        msg_destroy(msg);
+        return 0;
+}
+
+static int add_transport(struct proxy *p, const char *uri) {
+        bool tls = strncasecmp(uri, "sips:", 5) == 0;
+        if (tls) {
+                _cleanup_free_ char *pem = NULL;
+                const char *dir = p->config.tls_certificates_dir;
+                if (isempty(dir))
+                        return log_error_errno(EINVAL, "TLS transport '%s' needs [global] "
+                                                       "tls-certificates-dir.", uri);
+                if (asprintf(&pem, "%s/agent.pem", dir) < 0)
+                        return log_oom();
+                if (access(pem, R_OK) < 0)
+                        return log_error_errno(errno, "TLS transport '%s': cannot read '%s': %m",
+                                               uri, pem);
+        }
+        int r = nta_agent_add_tport(p->agent, URL_STRING_MAKE(uri),
+                                    TAG_IF(tls, TPTAG_CERTIFICATE(p->config.tls_certificates_dir)),
+                                    TPTAG_IDLE((unsigned)p->config.idle_timeout_ms), TAG_END());
+        if (r < 0)
+                return log_error_errno(errno > 0 ? errno : EINVAL,
+                                       "Cannot listen on '%s': %m", uri);
+        return 0;
+}
+
+static uint64_t inflight_gauge(void *userdata) {
+        struct proxy *p = userdata;
+        return p->n_inflight;
+}
+
+int proxy_start(struct proxy *p) {
+        struct stats *s = proxy_stats(p);
+        int r;
+
+        for (size_t i = 0; i <= ELEMENTSOF(request_methods); i++) {
+                char name[64];
+                snprintf(name, sizeof name, "count-incoming-request-%s", request_names[i]);
+                p->count_request[i] = stats_declare(s, "global", name, "Requests received");
+        }
+        for (size_t i = 0; i <= ELEMENTSOF(reply_codes); i++) {
+                char name[64];
+                if (i < ELEMENTSOF(reply_codes))
+                        snprintf(name, sizeof name, "count-reply-%d", reply_codes[i]);
+                else
+                        snprintf(name, sizeof name, "count-reply-unknown");
+                p->count_reply[i] = stats_declare(s, "global", name,
+                                                  "Responses generated by the proxy");
+        }
+        stats_declare_gauge(s, "global", "inflight-requests", "Requests in the module chain",
+                            inflight_gauge, p);
+
+        r = collect_local_addresses(p);
+        if (r < 0)
+                return log_error_errno(r, "Failed to list local addresses: %m");
+
+        p->root = loop_su_root(daemon_loop(p->daemon));
+        p->agent = nta_agent_create(p->root, NONE, on_message, p, NTATAG_UA(0),
+                                    NTATAG_SERVER_RPORT(1), NTATAG_CLIENT_RPORT(1),
+                                    NTATAG_CANCEL_487(0), NTATAG_MERGE_482(1), TAG_END());
+        if (!p->agent)
+                return log_error_errno(ENOMEM, "Failed to create the SIP agent.");
+        STRV_FOREACH(uri, p->config.transports) {
+                r = add_transport(p, *uri);
+                if (r < 0)
+                        return r;
+        }
+        p->default_leg = nta_leg_tcreate(p->agent, on_request, p, NTATAG_NO_DIALOG(1), TAG_END());
+        if (!p->default_leg)
+                return log_error_errno(ENOMEM, "Failed to create the default leg.");
+
+        for (tport_t *tp = tport_primaries(nta_agent_tports(p->agent)); tp; tp = tport_next(tp)) {
+                const tp_name_t *n = tport_name(tp);
+                log_notice("Listening on %s %s:%s.", n->tpn_proto, n->tpn_host, n->tpn_port);
+        }
+        return modules_init(p->modules, p->n_modules);
+}
+
+static void proxy_stop(struct daemon *d, void *userdata) {
+        struct proxy *p = userdata;
+        p->stopping = true;
+        if (p->n_inflight == 0)
+                daemon_drained(d);
+        else
+                log_notice("Draining %u in-flight requests.", p->n_inflight);
+}
+
+const struct daemon_hooks proxy_hooks = {.stop = proxy_stop};
+
+void proxy_free(struct proxy *p) {
+        if (!p)
+                return;
+        modules_free(p->modules, p->n_modules);
+        if (p->default_leg)
+                nta_leg_destroy(p->default_leg);
+        if (p->agent)
+                nta_agent_destroy(p->agent);
+        strv_free(p->local_addresses);
+        su_home_deinit(p->home);
+        free(p);
+}
