@@ -1,0 +1,32 @@
+# Sourced by scripts/run and scripts/test: install the Debian packages sipfleet needs, only
+# when some are missing (dpkg-query first, so a ready machine pays nothing).
+sipfleet_packages=(
+        # build
+        gcc meson ninja-build pkg-config
+        # libraries (DESIGN.md): SIP stack, loops, Redis, TLS, JSON, SRTP, HTTP/2, SQLite, systemd
+        libsofia-sip-ua-dev libevent-dev libhiredis-dev libssl-dev libjansson-dev libsrtp2-dev
+        libcurl4-openssl-dev libsqlite3-dev libsystemd-dev
+        # tests: Check, real servers and peers, unit verification
+        check libsubunit-dev redis-server redis-tools sip-tester systemd
+)
+
+sipfleet_install_deps() {
+        local missing=()
+        local p
+        for p in "${sipfleet_packages[@]}"; do
+                if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+                        missing+=("$p")
+                fi
+        done
+        if ((${#missing[@]} == 0)); then
+                return 0
+        fi
+        echo ">> installing: ${missing[*]}"
+        if [[ $(id -u) -ne 0 ]]; then
+                echo "!! missing Debian packages and not root: apt-get install ${missing[*]}" >&2
+                return 1
+        fi
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
