@@ -2,7 +2,10 @@
 /* The proxy as an operator runs it: generated config, readiness on the control socket,
  * counters, SET of a reloadable key, SIGHUP reload, OPTIONS answered (real SIPp), SIGTERM
  * exits 0 within the drain deadline, bad configs refused with file:line. */
+#include <arpa/inet.h>
 #include <jansson.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/wait.h>
@@ -16,6 +19,7 @@ struct proxy_fixture {
         char *conf;
         char *sock;
         int port;
+        int metrics_port;
 };
 
 static char *proxy_bin(void) {
@@ -30,8 +34,9 @@ static void write_conf(struct proxy_fixture *f, const char *extra) {
                                   "transports=sip:127.0.0.1:%d\n"
                                   "control-socket=%s\n"
                                   "shutdown-timeout=3s\n"
+                                  "prometheus-listen=127.0.0.1:%d\n"
                                   "%s",
-                                  f->port, f->sock, extra),
+                                  f->port, f->sock, f->metrics_port, extra),
                          0);
         free(f->conf);
         f->conf = tl_write_file("proxy.conf", text);
@@ -41,6 +46,7 @@ static void proxy_start(struct proxy_fixture *f) {
         _cleanup_free_ char *bin = proxy_bin();
         f->port = tl_free_port();
         f->sock = tl_path("proxy.sock");
+        f->metrics_port = tl_free_port();
         write_conf(f, "log-level=notice\n");
         char *argv[] = {bin, "--config", f->conf, NULL};
         tl_spawn("proxy", argv, &f->proc);
@@ -95,6 +101,27 @@ static int run_sipp(const char *scenario, int port) {
         return status;
 }
 
+/* GET /metrics over a plain socket. */
+static char *fetch_metrics(int port) {
+        ck_assert_int_eq(tl_wait_tcp(port, 5000), 0);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port),
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+        const char *req = "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        ck_assert_int_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *m = open_memstream(&buf, &len);
+        char chunk[4096];
+        ssize_t n;
+        while ((n = read(fd, chunk, sizeof chunk)) > 0)
+                fwrite(chunk, 1, (size_t)n, m);
+        fclose(m);
+        close(fd);
+        return buf;
+}
+
 static void proxy_done(struct proxy_fixture *f) {
         tl_stop(&f->proc);
         free(f->proc.log);
@@ -116,6 +143,11 @@ START_TEST(test_proxy_ready_counters_and_options) {
         ck_assert_int_eq(counter(&f, "global/count-incoming-request-options"), 1);
         ck_assert_int_eq(counter(&f, "global/count-reply-200"), 1);
         ck_assert_int_eq(counter(&f, "module::Capabilities/count-requests"), 1);
+
+        _cleanup_free_ char *metrics = fetch_metrics(f.metrics_port);
+        ck_assert_msg(strstr(metrics, "HTTP/1.1 200"), "metrics: %s", metrics);
+        ck_assert_msg(strstr(metrics, "\nsipfleet_proxy_global_count_incoming_request_options 1\n"),
+                      "metrics: %s", metrics);
         proxy_done(&f);
 }
 END_TEST
