@@ -6,6 +6,7 @@
 #include <jansson.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/wait.h>
@@ -42,18 +43,22 @@ static void write_conf(struct proxy_fixture *f, const char *extra) {
         f->conf = tl_write_file("proxy.conf", text);
 }
 
-static void proxy_start(struct proxy_fixture *f) {
+static void proxy_start_with(struct proxy_fixture *f, const char *extra) {
         _cleanup_free_ char *bin = proxy_bin();
         f->port = tl_free_port();
         f->sock = tl_path("proxy.sock");
         f->metrics_port = tl_free_port();
-        write_conf(f, "log-level=notice\n");
+        write_conf(f, extra);
         char *argv[] = {bin, "--config", f->conf, NULL};
         tl_spawn("proxy", argv, &f->proc);
         if (tl_wait_unix(f->sock, 10000) < 0) {
                 _cleanup_free_ char *log = tl_log(&f->proc);
                 ck_abort_msg("proxy did not become ready: %s", log);
         }
+}
+
+static void proxy_start(struct proxy_fixture *f) {
+        proxy_start_with(f, "log-level=notice\n");
 }
 
 static json_t *call(struct proxy_fixture *f, const char *line) {
@@ -210,6 +215,75 @@ START_TEST(test_proxy_sigterm_exits_zero) {
 }
 END_TEST
 
+/* sd_notify: READY=1 once listening, WATCHDOG=1 while running, STOPPING=1 on SIGTERM. */
+START_TEST(test_proxy_sd_notify) {
+        _cleanup_free_ char *path = tl_path("notify.sock");
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+        ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+        setenv("NOTIFY_SOCKET", path, 1);
+        setenv("WATCHDOG_USEC", "200000", 1); /* pings every 100 ms */
+        struct proxy_fixture f = {0};
+        proxy_start(&f);
+        unsetenv("NOTIFY_SOCKET");
+        unsetenv("WATCHDOG_USEC");
+        char buf[256];
+        bool ready = false, stopping = false;
+        int watchdog = 0;
+        struct timeval tv = {0, 300 * 1000};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        for (int i = 0; i < 50 && (!ready || watchdog < 2); i++) {
+                ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+                if (n <= 0)
+                        continue;
+                buf[n] = 0;
+                ready = ready || strstr(buf, "READY=1");
+                watchdog += strstr(buf, "WATCHDOG=1") != NULL;
+        }
+        ck_assert_msg(ready, "no READY=1");
+        ck_assert_int_ge(watchdog, 2);
+        tl_kill(&f.proc, SIGTERM);
+        for (int i = 0; i < 50 && !stopping; i++) {
+                ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+                if (n <= 0)
+                        continue;
+                buf[n] = 0;
+                stopping = strstr(buf, "STOPPING=1");
+        }
+        ck_assert_msg(stopping, "no STOPPING=1");
+        close(fd);
+        proxy_done(&f);
+}
+END_TEST
+
+/* Started as root with [global] user: runs as that user after binding. */
+START_TEST(test_proxy_drops_privileges) {
+        if (geteuid() != 0) {
+                /* Only root can switch users; as non-root there is nothing to drop. */
+                ck_assert_int_ne(geteuid(), 0);
+                return;
+        }
+        struct proxy_fixture f = {0};
+        proxy_start_with(&f, "user=nobody\n");
+        _cleanup_free_ char *status_path = NULL;
+        ck_assert_int_ge(asprintf(&status_path, "/proc/%d/status", f.proc.pid), 0);
+        struct tl_proc st = {.log = status_path};
+        bool dropped = false;
+        for (int i = 0; i < 100 && !dropped; i++) {
+                _cleanup_free_ char *status = tl_log(&st);
+                dropped = strstr(status, "\nUid:\t65534\t65534\t65534\t65534\n") != NULL;
+                if (!dropped)
+                        usleep(20000);
+        }
+        st.log = NULL;
+        ck_assert_msg(dropped, "proxy still runs as root");
+        /* Still serving: the control socket answers (root may always connect). */
+        ck_assert_int_eq(counter(&f, "global/count-incoming-request-options"), 0);
+        proxy_done(&f);
+}
+END_TEST
+
 static int run_proxy(char **argv, char **out) {
         struct tl_proc p;
         tl_spawn("proxy-check", argv, &p);
@@ -285,6 +359,8 @@ int main(void) {
         tcase_add_test(tc, test_proxy_unknown_key_refused);
         tcase_add_test(tc, test_proxy_check_config);
         tcase_add_test(tc, test_proxy_etc_conf_in_sync);
+        tcase_add_test(tc, test_proxy_sd_notify);
+        tcase_add_test(tc, test_proxy_drops_privileges);
         suite_add_tcase(s, tc);
         return tl_run(s);
 }
