@@ -12,6 +12,7 @@
 
 #include "conf.h"
 #include "ctl.h"
+#include "listener.h"
 #include "log.h"
 #include "loop.h"
 #include "macro.h"
@@ -25,9 +26,6 @@
 #define CTL_MAX_OUTPUT (256 * 1024)
 /* Largest reply ctl_client_call() accepts. */
 #define CTL_MAX_REPLY (64 * 1024 * 1024)
-/* How many connections one listener wake-up accepts, and the pause after EMFILE and the like. */
-#define CTL_ACCEPT_BURST 16
-#define CTL_ACCEPT_PAUSE_MS 100
 
 struct ctl_command {
         struct ctl_command *next;
@@ -42,12 +40,10 @@ struct ctl_client;
 struct ctl {
         struct loop *loop;
         char *path;
-        int fd;
         bool bound; /* path is ours: unlink at free */
         dev_t dev;
         ino_t ino;
-        struct loop_io *io;
-        struct loop_timer *accept_timer;
+        struct listener *listener;
 
         struct conf *conf;
         struct stats *stats;
@@ -161,17 +157,22 @@ static void client_queue(struct ctl_client *cl, json_t *reply) {
         }
 }
 
-_printf_(2, 3) static void client_queue_error(struct ctl_client *cl, const char *fmt, ...) {
+/* {"error": "<formatted message>"}, or NULL when out of memory. */
+_printf_(1, 0) static json_t *error_reply_va(const char *fmt, va_list ap) {
         _cleanup_free_ char *msg = NULL;
-        json_t *reply = NULL;
+
+        if (vasprintf(&msg, fmt, ap) < 0)
+                return NULL;
+        return json_pack("{ss}", "error", msg);
+}
+
+_printf_(2, 3) static void client_queue_error(struct ctl_client *cl, const char *fmt, ...) {
+        json_t *reply;
         va_list ap;
-        int r;
 
         va_start(ap, fmt);
-        r = vasprintf(&msg, fmt, ap);
+        reply = error_reply_va(fmt, ap);
         va_end(ap);
-        if (r >= 0)
-                reply = json_pack("{ss}", "error", msg);
         client_queue(cl, reply);
         json_decref(reply);
 }
@@ -217,16 +218,12 @@ void ctl_reply(struct ctl_request *req, json_t *reply) {
 }
 
 void ctl_reply_error(struct ctl_request *req, const char *fmt, ...) {
-        _cleanup_free_ char *msg = NULL;
-        json_t *reply = NULL;
+        json_t *reply;
         va_list ap;
-        int r;
 
         va_start(ap, fmt);
-        r = vasprintf(&msg, fmt, ap);
+        reply = error_reply_va(fmt, ap);
         va_end(ap);
-        if (r >= 0)
-                reply = json_pack("{ss}", "error", msg);
         ctl_reply(req, reply);
 }
 
@@ -527,49 +524,20 @@ static int client_new(struct ctl *c, int fd) {
         return 0;
 }
 
-static void ctl_accept(struct loop_io *io, int fd, unsigned events, void *userdata) {
-        static const char busy[] = "{\"error\":\"too many clients\"}\n";
-        struct ctl *c = userdata;
-
-        for (unsigned i = 0; i < CTL_ACCEPT_BURST; i++) {
-                int cfd, r;
-
-                cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-                if (cfd < 0) {
-                        if (errno == EINTR || errno == ECONNABORTED)
-                                continue;
-                        if (errno == EAGAIN || errno == EWOULDBLOCK)
-                                return;
-                        log_debug_errno(errno, "Failed to accept a control connection: %m");
-                        /* Out of fds or memory: pause instead of spinning on the listener. */
-                        if (loop_io_set_events(c->io, 0) >= 0 &&
-                            loop_timer_arm(c->accept_timer, CTL_ACCEPT_PAUSE_MS) < 0)
-                                (void)loop_io_set_events(c->io, LOOP_READ);
-                        return;
-                }
-
-                if (c->n_clients >= CTL_MAX_CLIENTS) {
-                        log_debug("Too many control clients, closing a new connection");
-                        (void)send(cfd, busy, strlen(busy), MSG_NOSIGNAL | MSG_DONTWAIT);
-                        close(cfd);
-                        continue;
-                }
-
-                r = client_new(c, cfd);
-                if (r < 0) {
-                        log_debug_errno(r, "Failed to set up a control connection: %m");
-                        close(cfd);
-                }
-        }
-}
-
-static void ctl_accept_resume(struct loop_timer *t, void *userdata) {
+/* The listener's callback: takes fd over, or refuses it (closed by the listener). */
+static int ctl_accept(int fd, void *userdata) {
         struct ctl *c = userdata;
         int r;
 
-        r = loop_io_set_events(c->io, LOOP_READ);
-        if (r < 0 && loop_timer_arm(t, CTL_ACCEPT_PAUSE_MS) < 0)
-                log_debug_errno(r, "Failed to resume accepting control connections: %m");
+        if (c->n_clients >= CTL_MAX_CLIENTS) {
+                log_debug("Too many control clients, closing a new connection");
+                return -EBUSY; /* the listener sends the busy reply */
+        }
+
+        r = client_new(c, fd);
+        if (r < 0)
+                return log_debug_errno(r, "Failed to set up a control connection: %m");
+        return 0;
 }
 
 /* ---- built-in commands ---- */
@@ -899,10 +867,7 @@ void ctl_free(struct ctl *c) {
         while (c->clients)
                 client_free(c->clients);
 
-        loop_io_free(c->io);
-        loop_timer_free(c->accept_timer);
-        if (c->fd >= 0)
-                close(c->fd);
+        listener_free(c->listener);
 
         /* Only our own socket: a newer daemon may have replaced it meanwhile. */
         if (c->bound && lstat(c->path, &st) >= 0 && st.st_dev == c->dev && st.st_ino == c->ino)
@@ -985,6 +950,7 @@ static int ctl_take_path(const char *path, const struct sockaddr_un *sa, socklen
 int ctl_new(struct loop *l, const char *path, struct conf *conf, struct stats *stats,
             struct ctl **ret) {
         _cleanup_(ctl_freep) struct ctl *c = NULL;
+        _cleanup_close_ int fd = -1;
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
         socklen_t len;
         struct stat st;
@@ -1002,7 +968,6 @@ int ctl_new(struct loop *l, const char *path, struct conf *conf, struct stats *s
         c = calloc(1, sizeof *c);
         if (!c)
                 return -ENOMEM;
-        c->fd = -1;
         c->loop = l;
         c->conf = conf;
         c->stats = stats;
@@ -1025,11 +990,9 @@ int ctl_new(struct loop *l, const char *path, struct conf *conf, struct stats *s
         if (r < 0)
                 return log_debug_errno(r, "Cannot use control socket '%s': %m", path);
 
-        c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (c->fd < 0)
-                return -errno;
-        if (bind(c->fd, (struct sockaddr *)&sa, len) < 0)
-                return log_debug_errno(errno, "Failed to bind '%s': %m", path);
+        fd = listener_bind((const struct sockaddr *)&sa, len);
+        if (fd < 0)
+                return log_debug_errno(fd, "Failed to bind '%s': %m", path);
         if (lstat(path, &st) < 0)
                 return -errno;
         c->bound = true;
@@ -1037,15 +1000,14 @@ int ctl_new(struct loop *l, const char *path, struct conf *conf, struct stats *s
         c->ino = st.st_ino;
         if (chmod(path, 0660) < 0)
                 return log_debug_errno(errno, "Failed to chmod '%s': %m", path);
-        if (listen(c->fd, SOMAXCONN) < 0)
+        if (listen(fd, SOMAXCONN) < 0)
                 return -errno;
 
-        r = loop_io_add(l, c->fd, LOOP_READ, ctl_accept, c, &c->io);
+        r = listener_new(l, fd, "{\"error\":\"too many clients\"}\n", ctl_accept, c,
+                         &c->listener);
         if (r < 0)
                 return r;
-        r = loop_timer_new(l, ctl_accept_resume, c, &c->accept_timer);
-        if (r < 0)
-                return r;
+        TAKE_FD(fd);
 
         log_debug("Control socket listening on '%s'", path);
         *ret = TAKE_PTR(c);

@@ -7,13 +7,11 @@
 #include <sys/socket.h>
 
 #include "http.h"
+#include "listener.h"
 #include "log.h"
 #include "loop.h"
 #include "macro.h"
 #include "stats.h"
-
-#define HTTP_ACCEPT_BURST 16
-#define HTTP_ACCEPT_PAUSE_MS 100
 
 struct http_conn {
         struct http_server *server;
@@ -32,9 +30,7 @@ struct http_conn {
 
 struct http_server {
         struct loop *loop;
-        int fd;
-        struct loop_io *io;
-        struct loop_timer *accept_timer;
+        struct listener *listener;
         http_handler_fn fn;
         void *userdata;
         void (*free_userdata)(void *userdata);
@@ -311,48 +307,20 @@ static int conn_new(struct http_server *s, int fd) {
         return 0;
 }
 
-static void server_accept(struct loop_io *io, int fd, unsigned events, void *userdata) {
-        static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\n"
-                                   "Content-Length: 0\r\n"
-                                   "Connection: close\r\n\r\n";
+/* The listener's callback: takes fd over, or refuses it (closed by the listener). */
+static int server_accept(int fd, void *userdata) {
         struct http_server *s = userdata;
+        int r;
 
-        for (unsigned i = 0; i < HTTP_ACCEPT_BURST; i++) {
-                int cfd, r;
-
-                cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-                if (cfd < 0) {
-                        if (errno == EINTR || errno == ECONNABORTED)
-                                continue;
-                        if (errno == EAGAIN || errno == EWOULDBLOCK)
-                                return;
-                        log_debug_errno(errno, "Failed to accept an HTTP connection: %m");
-                        if (loop_io_set_events(s->io, 0) >= 0 &&
-                            loop_timer_arm(s->accept_timer, HTTP_ACCEPT_PAUSE_MS) < 0)
-                                (void)loop_io_set_events(s->io, LOOP_READ);
-                        return;
-                }
-
-                if (s->n_conns >= HTTP_MAX_CONNECTIONS) {
-                        log_debug("Too many HTTP connections, refusing one");
-                        (void)send(cfd, busy, strlen(busy), MSG_NOSIGNAL | MSG_DONTWAIT);
-                        close(cfd);
-                        continue;
-                }
-
-                r = conn_new(s, cfd);
-                if (r < 0) {
-                        log_debug_errno(r, "Failed to set up an HTTP connection: %m");
-                        close(cfd);
-                }
+        if (s->n_conns >= HTTP_MAX_CONNECTIONS) {
+                log_debug("Too many HTTP connections, refusing one");
+                return -EBUSY; /* the listener sends the 503 */
         }
-}
 
-static void server_accept_resume(struct loop_timer *t, void *userdata) {
-        struct http_server *s = userdata;
-
-        if (loop_io_set_events(s->io, LOOP_READ) < 0)
-                (void)loop_timer_arm(t, HTTP_ACCEPT_PAUSE_MS);
+        r = conn_new(s, fd);
+        if (r < 0)
+                return log_debug_errno(r, "Failed to set up an HTTP connection: %m");
+        return 0;
 }
 
 void http_server_free(struct http_server *s) {
@@ -360,10 +328,7 @@ void http_server_free(struct http_server *s) {
                 return;
         while (s->conns)
                 conn_free(s->conns);
-        loop_io_free(s->io);
-        loop_timer_free(s->accept_timer);
-        if (s->fd >= 0)
-                close(s->fd);
+        listener_free(s->listener);
         if (s->free_userdata)
                 s->free_userdata(s->userdata);
         free(s);
@@ -375,7 +340,11 @@ static void http_server_freep(struct http_server **s) {
 
 int http_server_new(struct loop *l, const struct sockaddr *sa, socklen_t len, http_handler_fn fn,
                     void *userdata, struct http_server **ret) {
+        static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                                   "Content-Length: 0\r\n"
+                                   "Connection: close\r\n\r\n";
         _cleanup_(http_server_freep) struct http_server *s = NULL;
+        _cleanup_close_ int fd = -1;
         int r;
 
         assert(l);
@@ -386,27 +355,20 @@ int http_server_new(struct loop *l, const struct sockaddr *sa, socklen_t len, ht
         s = calloc(1, sizeof *s);
         if (!s)
                 return -ENOMEM;
-        s->fd = -1;
         s->loop = l;
         s->fn = fn;
         s->userdata = userdata;
 
-        s->fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (s->fd < 0)
-                return log_debug_errno(errno, "Failed to create the HTTP socket: %m");
-        if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)
-                (void)setsockopt(s->fd, SOL_SOCKET, SO_REUSEADDR, &(int){1}, sizeof(int));
-        if (bind(s->fd, sa, len) < 0)
-                return log_debug_errno(errno, "Failed to bind the HTTP socket: %m");
-        if (listen(s->fd, 64) < 0)
+        fd = listener_bind(sa, len);
+        if (fd < 0)
+                return log_debug_errno(fd, "Failed to bind the HTTP socket: %m");
+        if (listen(fd, 64) < 0)
                 return log_debug_errno(errno, "Failed to listen on the HTTP socket: %m");
 
-        r = loop_io_add(l, s->fd, LOOP_READ, server_accept, s, &s->io);
+        r = listener_new(l, fd, busy, server_accept, s, &s->listener);
         if (r < 0)
                 return r;
-        r = loop_timer_new(l, server_accept_resume, s, &s->accept_timer);
-        if (r < 0)
-                return r;
+        TAKE_FD(fd);
 
         *ret = TAKE_PTR(s);
         return 0;
@@ -418,7 +380,7 @@ int http_server_get_address(struct http_server *s, struct sockaddr_storage *sa, 
         assert(len);
 
         *len = sizeof *sa;
-        if (getsockname(s->fd, (struct sockaddr *)sa, len) < 0)
+        if (getsockname(listener_get_fd(s->listener), (struct sockaddr *)sa, len) < 0)
                 return -errno;
         return 0;
 }
