@@ -947,13 +947,10 @@ static int ctl_take_path(const char *path, const struct sockaddr_un *sa, socklen
         return 0;
 }
 
-int ctl_new(struct loop *l, const char *path, struct conf *conf, struct stats *stats,
-            struct ctl **ret) {
+int ctl_create(struct loop *l, const char *path, struct conf *conf, struct stats *stats,
+               struct ctl **ret) {
         _cleanup_(ctl_freep) struct ctl *c = NULL;
-        _cleanup_close_ int fd = -1;
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        socklen_t len;
-        struct stat st;
+        struct sockaddr_un sa;
         int r;
 
         assert(l);
@@ -962,8 +959,6 @@ int ctl_new(struct loop *l, const char *path, struct conf *conf, struct stats *s
 
         if (isempty(path) || strlen(path) >= sizeof sa.sun_path)
                 return -ENAMETOOLONG;
-        memcpy(sa.sun_path, path, strlen(path) + 1);
-        len = offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1;
 
         c = calloc(1, sizeof *c);
         if (!c)
@@ -981,6 +976,22 @@ int ctl_new(struct loop *l, const char *path, struct conf *conf, struct stats *s
                 if (r < 0)
                         return r;
         }
+        *ret = TAKE_PTR(c);
+        return 0;
+}
+
+int ctl_listen(struct ctl *c) {
+        _cleanup_close_ int fd = -1;
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        const char *path = c->path;
+        socklen_t len;
+        struct stat st;
+        int r;
+
+        if (c->listener)
+                return -EALREADY;
+        memcpy(sa.sun_path, path, strlen(path) + 1);
+        len = offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1;
 
         r = mkdir_parents(path);
         if (r < 0)
@@ -1003,13 +1014,27 @@ int ctl_new(struct loop *l, const char *path, struct conf *conf, struct stats *s
         if (listen(fd, SOMAXCONN) < 0)
                 return -errno;
 
-        r = listener_new(l, fd, "{\"error\":\"too many clients\"}\n", ctl_accept, c,
+        r = listener_new(c->loop, fd, "{\"error\":\"too many clients\"}\n", ctl_accept, c,
                          &c->listener);
         if (r < 0)
                 return r;
         TAKE_FD(fd);
 
         log_debug("Control socket listening on '%s'", path);
+        return 0;
+}
+
+int ctl_new(struct loop *l, const char *path, struct conf *conf, struct stats *stats,
+            struct ctl **ret) {
+        _cleanup_(ctl_freep) struct ctl *c = NULL;
+        int r;
+
+        r = ctl_create(l, path, conf, stats, &c);
+        if (r < 0)
+                return r;
+        r = ctl_listen(c);
+        if (r < 0)
+                return r;
         *ret = TAKE_PTR(c);
         return 0;
 }

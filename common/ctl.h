@@ -24,6 +24,13 @@ typedef int (*ctl_handler_fn)(struct ctl_request *req, int argc, char **argv, vo
 /* Reload hook for the RELOAD command (the same as SIGHUP). Returns 0 or -errno with *error. */
 typedef int (*ctl_reload_fn)(void *userdata, char **error);
 
+/* ctl_create() makes the object (commands can be registered) without touching the file system;
+ * ctl_listen() binds path, so that a client that can connect finds the daemon ready.
+ * ctl_new() does both. */
+int ctl_create(struct loop *l, const char *path, struct conf *conf, struct stats *stats,
+               struct ctl **ret);
+int ctl_listen(struct ctl *c);
+
 /* Binds path (mode 0660, parent directory created 0755 when missing). A socket held by a live
  * daemon is -EADDRINUSE; a stale socket file is replaced. */
 int ctl_new(struct loop *l, const char *path, struct conf *conf, struct stats *stats,

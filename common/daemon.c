@@ -420,12 +420,9 @@ int daemon_start(struct daemon *d, enum daemon_loop_kind kind, const struct daem
 
         conf_set_changed_callback(d->conf, on_changed, d);
 
-        r = ctl_new(d->loop, d->global.control_socket, d->conf, d->stats, &d->ctl);
-        if (r == -EADDRINUSE)
-                return log_error_errno(r, "Control socket '%s' is held by a running daemon.",
-                                       d->global.control_socket);
+        r = ctl_create(d->loop, d->global.control_socket, d->conf, d->stats, &d->ctl);
         if (r < 0)
-                return log_error_errno(r, "Failed to open control socket '%s': %m",
+                return log_error_errno(r, "Invalid control socket '%s': %m",
                                        d->global.control_socket);
         ctl_set_reload(d->ctl, reload, d);
 
@@ -444,6 +441,17 @@ int daemon_start(struct daemon *d, enum daemon_loop_kind kind, const struct daem
                         return log_oom();
                 loop_timer_arm(d->watchdog_timer, d->watchdog_usec / 2000);
         }
+        return 0;
+}
+
+int daemon_listen(struct daemon *d) {
+        int r = ctl_listen(d->ctl);
+        if (r == -EADDRINUSE)
+                return log_error_errno(r, "Control socket '%s' is held by a running daemon.",
+                                       d->global.control_socket);
+        if (r < 0)
+                return log_error_errno(r, "Failed to open control socket '%s': %m",
+                                       d->global.control_socket);
         return 0;
 }
 

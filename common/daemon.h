@@ -7,7 +7,8 @@
  *   2. the role registers its own config tables, then daemon_load_config() (fatal on error; also
  *      handles --dump-default and --check-config);
  *   3. daemon_start(): loop, signals (signalfd on the loop), control socket, Prometheus, watchdog;
- *   4. the role binds its sockets; daemon_drop_privileges();
+ *   4. the role binds its sockets; daemon_listen() opens the control socket (so a client that
+ *      can connect finds the daemon serving); daemon_drop_privileges();
  *   5. daemon_ready() (sd_notify READY=1), daemon_run();
  *   6. SIGTERM/SIGINT: the role's stop hook stops accepting and drains in-flight work, calling
  *      daemon_drained() when done or at [global] shutdown-timeout; SIGHUP reloads. */
@@ -70,6 +71,7 @@ struct loop *daemon_loop(struct daemon *d);
 struct ctl *daemon_ctl(struct daemon *d);
 struct stats *daemon_stats(struct daemon *d);
 
+int daemon_listen(struct daemon *d);
 int daemon_drop_privileges(struct daemon *d);
 void daemon_ready(struct daemon *d);
 /* Runs until stopped. Returns the exit status: 0 after a clean stop. */

@@ -22,7 +22,7 @@ int main(int argc, char **argv) {
         if (daemon_start(d, DAEMON_LOOP_SU, &(struct daemon_hooks){.stop = proxy_hooks.stop,
                                                                      .userdata = p}) < 0)
                 goto finish;
-        if (proxy_start(p) < 0 || daemon_drop_privileges(d) < 0)
+        if (proxy_start(p) < 0 || daemon_listen(d) < 0 || daemon_drop_privileges(d) < 0)
                 goto finish;
         daemon_ready(d);
         status = daemon_run(d);
