@@ -13,6 +13,7 @@
 static const struct module_desc *const chain[] = {
         &module_sanity,
         &module_capabilities,
+        &module_registrar,
 };
 
 int modules_new(struct proxy *p, struct conf *conf, struct module ***ret, size_t *n) {

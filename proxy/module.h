@@ -50,4 +50,5 @@ int modules_init(struct module **mods, size_t n);
 void modules_free(struct module **mods, size_t n);
 
 extern const struct module_desc module_capabilities;
+extern const struct module_desc module_registrar;
 extern const struct module_desc module_sanity;

@@ -1,0 +1,141 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Registrar storage behind one asynchronous interface, so that a networked store (Redis) fits
+ * the same callers as the in-memory one. Every operation returns 0 when it was started (or
+ * -errno when it could not be) and later calls its callback exactly once from the loop, never
+ * from inside the call itself. Records handed to callbacks belong to the callee: free them with
+ * registrar_record_free().
+ *
+ * AORs are keys in the form "sip:user@host" (see registrar_aor_normalize()). */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct loop;
+struct registrar_store;
+
+struct registrar_binding {
+        char *contact;   /* the contact URI as text, without angle brackets */
+        char *params;    /* other contact parameters, ";"-joined without expires/q; may be NULL */
+        char *unique_id; /* +sip.instance value, or a generated "gen-..." id */
+        bool generated_id;
+        char *call_id;
+        uint32_t cseq;
+        uint64_t expires_at;  /* CLOCK_REALTIME ms */
+        uint64_t update_time; /* CLOCK_REALTIME ms */
+        unsigned q;           /* q-value in thousandths, 1000 when absent */
+        char **path;          /* Path header values, NULL-terminated, may be NULL */
+        char *user_agent;
+};
+
+struct registrar_record {
+        char *aor;
+        struct registrar_binding *bindings;
+        size_t n_bindings;
+};
+
+/* One contact of a REGISTER (or of a CLI upsert). */
+struct registrar_contact {
+        const char *contact; /* URI text */
+        const char *params;
+        const char *unique_id; /* NULL: match by URI and generate an id */
+        uint64_t expires_s;    /* already clamped; 0 removes the matching binding */
+        unsigned q;
+};
+
+/* "Apply a REGISTER": RFC 3261 §10.3 update of one AOR. */
+struct registrar_update {
+        const char *aor;
+        const struct registrar_contact *contacts;
+        size_t n_contacts;
+        const char *call_id; /* NULL: no Call-ID/CSeq check (administrative update) */
+        uint32_t cseq;
+        char *const *path;
+        const char *user_agent;
+        size_t max_contacts; /* per AOR; the oldest bindings are evicted beyond it; 0 = no limit */
+        uint64_t now;        /* CLOCK_REALTIME ms */
+};
+
+/* error: 0 or -errno. -ESTALE: a binding with the same Call-ID and a CSeq not lower exists
+ * (replayed request). The record is NULL on error. */
+typedef void (*registrar_record_fn)(int error, struct registrar_record *rec, void *userdata);
+/* aors: NULL-terminated, owned by the callee (strv_free). */
+typedef void (*registrar_dump_fn)(int error, char **aors, void *userdata);
+/* result: count of removed items, or -errno. */
+typedef void (*registrar_done_fn)(int result, void *userdata);
+
+struct registrar_store_ops {
+        const char *name;
+        /* The current bindings (expired ones left out); an unknown AOR is an empty record. */
+        int (*fetch)(struct registrar_store *s, const char *aor, registrar_record_fn cb,
+                     void *userdata);
+        /* All or nothing: on error nothing changed. Returns the resulting record. */
+        int (*apply)(struct registrar_store *s, const struct registrar_update *u,
+                     registrar_record_fn cb, void *userdata);
+        /* Remove one binding by unique id; -ENOENT when there is none. */
+        int (*remove)(struct registrar_store *s, const char *aor, const char *unique_id,
+                      registrar_record_fn cb, void *userdata);
+        /* Remove the AOR; result 1 when it existed, 0 otherwise. */
+        int (*clear)(struct registrar_store *s, const char *aor, registrar_done_fn cb,
+                     void *userdata);
+        int (*dump)(struct registrar_store *s, registrar_dump_fn cb, void *userdata);
+        /* Drop bindings expired at now (realtime ms); result = bindings removed. */
+        int (*purge)(struct registrar_store *s, uint64_t now, registrar_done_fn cb,
+                     void *userdata);
+        /* Registered AORs as last known (synchronous, for the gauge). */
+        uint64_t (*n_aors)(struct registrar_store *s);
+        /* Pending callbacks are dropped, not called. */
+        void (*free)(struct registrar_store *s);
+};
+
+struct registrar_store {
+        const struct registrar_store_ops *ops;
+};
+
+int registrar_store_internal_new(struct loop *l, struct registrar_store **ret);
+/* Opens (creating) the database file at path. -EIO when it cannot be opened or set up. */
+int registrar_store_sqlite_new(struct loop *l, const char *path, struct registrar_store **ret);
+
+static inline void registrar_store_free(struct registrar_store *s) {
+        if (s)
+                s->ops->free(s);
+}
+
+void registrar_binding_done(struct registrar_binding *b);
+void registrar_record_free(struct registrar_record *r);
+static inline void registrar_record_freep(struct registrar_record **r) {
+        registrar_record_free(*r);
+}
+
+/* "sip:user@host" from a SIP URI text ("<sip:User@Host:5060;p>" accepted); host lowercased,
+ * port and parameters dropped. NULL when the text is not a SIP URI with a host. */
+char *registrar_aor_normalize(const char *uri);
+/* RFC 3261 §19.1.4 comparison of two URI texts. */
+bool registrar_uri_equal(const char *a, const char *b);
+/* The record as the CLI shows it: {"aor":..., "contacts":[...]} (json_t *). */
+struct json_t *registrar_record_to_json(const struct registrar_record *r, uint64_t now);
+
+/* For store implementations. */
+
+/* Completions queued now and run from a 0 ms loop timer, in order. Pending ones are dropped
+ * (not called) by registrar_deferred_free(). The defer functions take rec/aors even on error. */
+struct registrar_deferred;
+int registrar_deferred_new(struct loop *l, struct registrar_deferred **ret);
+void registrar_deferred_free(struct registrar_deferred *d);
+int registrar_defer_record(struct registrar_deferred *d, int error, struct registrar_record *rec,
+                           registrar_record_fn cb, void *userdata);
+int registrar_defer_dump(struct registrar_deferred *d, int error, char **aors,
+                         registrar_dump_fn cb, void *userdata);
+int registrar_defer_done(struct registrar_deferred *d, int result, registrar_done_fn cb,
+                         void *userdata);
+
+/* A deep copy of rec (NULL: an empty record for aor) without the bindings expired at now. */
+int registrar_record_copy(const struct registrar_record *rec, const char *aor, uint64_t now,
+                          struct registrar_record **ret);
+void registrar_record_remove(struct registrar_record *rec, size_t i);
+/* The update rules on a record in memory (expired bindings already dropped): matching by
+ * unique id or URI, the Call-ID/CSeq check (-ESTALE), removals, eviction of the oldest beyond
+ * max_contacts. On error rec is partly changed: work on a copy. */
+int registrar_record_apply(struct registrar_record *rec, const struct registrar_update *u);

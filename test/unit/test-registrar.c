@@ -1,0 +1,421 @@
+/* SPDX-License-Identifier: MIT */
+/* The registrar stores behind their asynchronous interface. Every case runs against every store
+ * in `stores` (a loop test), so a new store only adds a row there. */
+#include <stdio.h>
+
+#include <sofia-sip/su_wait.h>
+
+#include "loop.h"
+#include "macro.h"
+#include "registrar-store.h"
+#include "testlib.h"
+
+typedef int (*store_new_fn)(struct loop *l, struct registrar_store **ret);
+
+static char *db_path(void) {
+        static unsigned n;
+        char name[64];
+        snprintf(name, sizeof name, "registrar-%d-%u.db", (int)getpid(), n++);
+        return tl_path(name);
+}
+
+static int sqlite_new(struct loop *l, struct registrar_store **ret) {
+        _cleanup_free_ char *path = db_path();
+        return registrar_store_sqlite_new(l, path, ret);
+}
+
+static const struct {
+        const char *name;
+        store_new_fn new;
+} stores[] = {
+        {"internal", registrar_store_internal_new},
+        {"sqlite", sqlite_new},
+};
+
+struct fixture {
+        su_root_t *root;
+        struct loop *loop;
+        struct registrar_store *store;
+};
+
+static struct fixture fx;
+
+static void setup(int i) {
+        fx.root = su_root_create(NULL);
+        ck_assert_ptr_nonnull(fx.root);
+        ck_assert_int_eq(loop_new_su(fx.root, &fx.loop), 0);
+        ck_assert_int_eq(stores[i].new(fx.loop, &fx.store), 0);
+}
+
+static void teardown(void) {
+        registrar_store_free(fx.store);
+        loop_free(fx.loop);
+        su_root_destroy(fx.root);
+        fx = (struct fixture){0};
+}
+
+/* One completed operation. */
+struct result {
+        bool done;
+        int error;
+        struct registrar_record *rec;
+        char **aors;
+};
+
+static void on_record(int error, struct registrar_record *rec, void *userdata) {
+        struct result *res = userdata;
+        res->done = true;
+        res->error = error;
+        res->rec = rec;
+        loop_quit(fx.loop);
+}
+
+static void on_dump(int error, char **aors, void *userdata) {
+        struct result *res = userdata;
+        res->done = true;
+        res->error = error;
+        res->aors = aors;
+        loop_quit(fx.loop);
+}
+
+static void on_done(int result, void *userdata) {
+        struct result *res = userdata;
+        res->done = true;
+        res->error = result;
+        loop_quit(fx.loop);
+}
+
+/* The callback must not run inside the call: only from the loop. */
+static void wait_for(struct result *res, int r) {
+        ck_assert_int_eq(r, 0);
+        ck_assert_msg(!res->done, "completion ran inside the call");
+        loop_run(fx.loop);
+        ck_assert(res->done);
+}
+
+static void result_done(struct result *res) {
+        registrar_record_free(res->rec);
+        strv_free(res->aors);
+        *res = (struct result){0};
+}
+
+static struct result fetch(const char *aor) {
+        struct result res = {0};
+        wait_for(&res, fx.store->ops->fetch(fx.store, aor, on_record, &res));
+        return res;
+}
+
+struct reg {
+        const char *call_id;
+        uint32_t cseq;
+        size_t max;
+        struct registrar_contact c[3];
+};
+
+static struct result apply(const char *aor, const struct reg *g) {
+        size_t n = 0;
+        while (n < ELEMENTSOF(g->c) && g->c[n].contact)
+                n++;
+        char *path[] = {"<sip:edge.example.org;lr>", NULL};
+        const struct registrar_update u = {
+                .aor = aor,
+                .contacts = g->c,
+                .n_contacts = n,
+                .call_id = g->call_id,
+                .cseq = g->cseq,
+                .path = path,
+                .user_agent = "unit/1",
+                .max_contacts = g->max,
+                .now = realtime_msec(),
+        };
+        struct result res = {0};
+        wait_for(&res, fx.store->ops->apply(fx.store, &u, on_record, &res));
+        return res;
+}
+
+static const struct registrar_binding *find_contact(const struct registrar_record *r,
+                                                    const char *contact) {
+        for (size_t i = 0; i < r->n_bindings; i++)
+                if (streq(r->bindings[i].contact, contact))
+                        return &r->bindings[i];
+        return NULL;
+}
+
+#define AOR "sip:alice@example.org"
+
+START_TEST(test_registrar_fetch_unknown_is_empty) {
+        setup(_i);
+        struct result res = fetch(AOR);
+        ck_assert_int_eq(res.error, 0);
+        ck_assert_str_eq(res.rec->aor, AOR);
+        ck_assert_uint_eq(res.rec->n_bindings, 0);
+        ck_assert_uint_eq(fx.store->ops->n_aors(fx.store), 0);
+        result_done(&res);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_bind_two_contacts) {
+        setup(_i);
+        uint64_t before = realtime_msec();
+        struct result res = apply(AOR, &(struct reg){"c1", 1, 12,
+                                                    {{"sip:a@10.0.0.1:5060", "transport=udp",
+                                                      NULL, 3600, 1000},
+                                                     {"sip:a@10.0.0.2", NULL, "\"<urn:uuid:1>\"",
+                                                      60, 500}}});
+        ck_assert_int_eq(res.error, 0);
+        ck_assert_uint_eq(res.rec->n_bindings, 2);
+        result_done(&res);
+
+        res = fetch(AOR);
+        ck_assert_uint_eq(res.rec->n_bindings, 2);
+        const struct registrar_binding *b = find_contact(res.rec, "sip:a@10.0.0.1:5060");
+        ck_assert_ptr_nonnull(b);
+        ck_assert(b->generated_id);
+        ck_assert_str_eq(b->params, "transport=udp");
+        ck_assert_str_eq(b->call_id, "c1");
+        ck_assert_uint_eq(b->cseq, 1);
+        ck_assert_uint_eq(b->q, 1000);
+        ck_assert_str_eq(b->user_agent, "unit/1");
+        ck_assert_str_eq(b->path[0], "<sip:edge.example.org;lr>");
+        ck_assert_uint_ge(b->expires_at, before + 3600 * 1000);
+        ck_assert_uint_le(b->expires_at, realtime_msec() + 3600 * 1000);
+        b = find_contact(res.rec, "sip:a@10.0.0.2");
+        ck_assert_ptr_nonnull(b);
+        ck_assert(!b->generated_id);
+        ck_assert_str_eq(b->unique_id, "\"<urn:uuid:1>\"");
+        ck_assert_uint_eq(b->q, 500);
+        ck_assert_uint_eq(fx.store->ops->n_aors(fx.store), 1);
+        result_done(&res);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_refresh_keeps_one_binding) {
+        setup(_i);
+        struct result res = apply(AOR, &(struct reg){"c1", 1, 12, {{"sip:a@h:5060", .expires_s = 60}}});
+        char *id = strdup(res.rec->bindings[0].unique_id);
+        result_done(&res);
+        /* Same URI written differently (RFC 3261 comparison), higher CSeq. */
+        res = apply(AOR, &(struct reg){"c1", 2, 12, {{"sip:a@H:5060", .expires_s = 120}}});
+        ck_assert_int_eq(res.error, 0);
+        ck_assert_uint_eq(res.rec->n_bindings, 1);
+        ck_assert_str_eq(res.rec->bindings[0].unique_id, id);
+        ck_assert_uint_eq(res.rec->bindings[0].cseq, 2);
+        result_done(&res);
+        /* Another Call-ID with any CSeq replaces too. */
+        res = apply(AOR, &(struct reg){"c2", 1, 12, {{"sip:a@h:5060", .expires_s = 120}}});
+        ck_assert_int_eq(res.error, 0);
+        ck_assert_uint_eq(res.rec->n_bindings, 1);
+        ck_assert_str_eq(res.rec->bindings[0].call_id, "c2");
+        result_done(&res);
+        free(id);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_replayed_cseq_refused) {
+        setup(_i);
+        struct result res = apply(AOR, &(struct reg){"c1", 5, 12, {{"sip:a@h", .expires_s = 60}}});
+        result_done(&res);
+        res = apply(AOR, &(struct reg){"c1", 5, 12,
+                                       {{"sip:new@h", .expires_s = 60},
+                                        {"sip:a@h", .expires_s = 0}}});
+        ck_assert_int_eq(res.error, -ESTALE);
+        ck_assert_ptr_null(res.rec);
+        result_done(&res);
+        /* All or nothing: the first contact was not added, the second not removed. */
+        res = fetch(AOR);
+        ck_assert_uint_eq(res.rec->n_bindings, 1);
+        ck_assert_str_eq(res.rec->bindings[0].contact, "sip:a@h");
+        result_done(&res);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_instance_replaces) {
+        setup(_i);
+        struct result res = apply(AOR, &(struct reg){"c1", 1, 12,
+                                                    {{"sip:a@10.0.0.1", NULL, "\"<urn:uuid:7>\"",
+                                                      60, 1000}}});
+        result_done(&res);
+        res = apply(AOR, &(struct reg){"c9", 1, 12,
+                                       {{"sip:a@10.0.0.9", NULL, "\"<urn:uuid:7>\"", 60, 1000}}});
+        ck_assert_int_eq(res.error, 0);
+        ck_assert_uint_eq(res.rec->n_bindings, 1);
+        ck_assert_str_eq(res.rec->bindings[0].contact, "sip:a@10.0.0.9");
+        result_done(&res);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_expires_zero_removes) {
+        setup(_i);
+        struct result res = apply(AOR, &(struct reg){"c1", 1, 12,
+                                                    {{"sip:a@h1", .expires_s = 60},
+                                                     {"sip:a@h2", .expires_s = 60}}});
+        result_done(&res);
+        res = apply(AOR, &(struct reg){"c1", 2, 12, {{"sip:a@h1", .expires_s = 0}}});
+        ck_assert_uint_eq(res.rec->n_bindings, 1);
+        ck_assert_str_eq(res.rec->bindings[0].contact, "sip:a@h2");
+        result_done(&res);
+        res = apply(AOR, &(struct reg){"c1", 3, 12, {{"sip:a@h2", .expires_s = 0}}});
+        ck_assert_uint_eq(res.rec->n_bindings, 0);
+        result_done(&res);
+        ck_assert_uint_eq(fx.store->ops->n_aors(fx.store), 0);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_max_contacts_evicts_oldest) {
+        setup(_i);
+        struct result res = apply(AOR, &(struct reg){"c1", 1, 2, {{"sip:a@h1", .expires_s = 60}}});
+        result_done(&res);
+        usleep(2000);
+        res = apply(AOR, &(struct reg){"c2", 1, 2, {{"sip:a@h2", .expires_s = 60}}});
+        result_done(&res);
+        usleep(2000);
+        res = apply(AOR, &(struct reg){"c3", 1, 2, {{"sip:a@h3", .expires_s = 60}}});
+        ck_assert_uint_eq(res.rec->n_bindings, 2);
+        ck_assert_ptr_null(find_contact(res.rec, "sip:a@h1"));
+        ck_assert_ptr_nonnull(find_contact(res.rec, "sip:a@h2"));
+        ck_assert_ptr_nonnull(find_contact(res.rec, "sip:a@h3"));
+        result_done(&res);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_clear_remove_dump) {
+        setup(_i);
+        struct result res = apply(AOR, &(struct reg){"c1", 1, 12,
+                                                    {{"sip:a@h1", .expires_s = 60},
+                                                     {"sip:a@h2", NULL, "id-2", 60, 1000}}});
+        result_done(&res);
+        res = apply("sip:bob@example.org",
+                    &(struct reg){"c2", 1, 12, {{"sip:b@h", .expires_s = 60}}});
+        result_done(&res);
+
+        wait_for(&res, fx.store->ops->dump(fx.store, on_dump, &res));
+        ck_assert_uint_eq(strv_length(res.aors), 2);
+        ck_assert(strv_contains(res.aors, AOR));
+        ck_assert(strv_contains(res.aors, "sip:bob@example.org"));
+        result_done(&res);
+
+        wait_for(&res, fx.store->ops->remove(fx.store, AOR, "id-2", on_record, &res));
+        ck_assert_int_eq(res.error, 0);
+        ck_assert_uint_eq(res.rec->n_bindings, 1);
+        result_done(&res);
+        wait_for(&res, fx.store->ops->remove(fx.store, AOR, "id-2", on_record, &res));
+        ck_assert_int_eq(res.error, -ENOENT);
+        result_done(&res);
+
+        wait_for(&res, fx.store->ops->clear(fx.store, AOR, on_done, &res));
+        ck_assert_int_eq(res.error, 1);
+        result_done(&res);
+        wait_for(&res, fx.store->ops->clear(fx.store, AOR, on_done, &res));
+        ck_assert_int_eq(res.error, 0);
+        result_done(&res);
+        ck_assert_uint_eq(fx.store->ops->n_aors(fx.store), 1);
+        res = fetch(AOR);
+        ck_assert_uint_eq(res.rec->n_bindings, 0);
+        result_done(&res);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_expired_hidden_and_purged) {
+        setup(_i);
+        struct registrar_contact c = {"sip:a@h", .expires_s = 1, .q = 1000};
+        const struct registrar_update u = {.aor = AOR, .contacts = &c, .n_contacts = 1,
+                                           .call_id = "c1", .cseq = 1,
+                                           .now = realtime_msec() - 10000};
+        struct result res = {0};
+        wait_for(&res, fx.store->ops->apply(fx.store, &u, on_record, &res));
+        result_done(&res);
+        res = fetch(AOR);
+        ck_assert_uint_eq(res.rec->n_bindings, 0);
+        result_done(&res);
+        wait_for(&res, fx.store->ops->purge(fx.store, realtime_msec(), on_done, &res));
+        ck_assert_int_eq(res.error, 1);
+        result_done(&res);
+        ck_assert_uint_eq(fx.store->ops->n_aors(fx.store), 0);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_sqlite_persists) {
+        _cleanup_free_ char *path = db_path();
+        fx.root = su_root_create(NULL);
+        ck_assert_int_eq(loop_new_su(fx.root, &fx.loop), 0);
+        ck_assert_int_eq(registrar_store_sqlite_new(fx.loop, path, &fx.store), 0);
+        struct result res = apply(AOR, &(struct reg){"c1", 7, 12,
+                                                    {{"sip:a@h", "transport=tcp", "\"<urn:x>\"",
+                                                      600, 250}}});
+        ck_assert_int_eq(res.error, 0);
+        result_done(&res);
+        registrar_store_free(fx.store);
+
+        ck_assert_int_eq(registrar_store_sqlite_new(fx.loop, path, &fx.store), 0);
+        ck_assert_uint_eq(fx.store->ops->n_aors(fx.store), 1);
+        res = fetch(AOR);
+        ck_assert_uint_eq(res.rec->n_bindings, 1);
+        const struct registrar_binding *b = &res.rec->bindings[0];
+        ck_assert_str_eq(b->contact, "sip:a@h");
+        ck_assert_str_eq(b->params, "transport=tcp");
+        ck_assert_str_eq(b->unique_id, "\"<urn:x>\"");
+        ck_assert(!b->generated_id);
+        ck_assert_str_eq(b->call_id, "c1");
+        ck_assert_uint_eq(b->cseq, 7);
+        ck_assert_uint_eq(b->q, 250);
+        ck_assert_str_eq(b->path[0], "<sip:edge.example.org;lr>");
+        ck_assert_ptr_null(b->path[1]);
+        ck_assert_str_eq(b->user_agent, "unit/1");
+        result_done(&res);
+        teardown();
+
+        /* An unusable path is an error, not a crash. */
+        fx.root = su_root_create(NULL);
+        ck_assert_int_eq(loop_new_su(fx.root, &fx.loop), 0);
+        ck_assert_int_lt(registrar_store_sqlite_new(fx.loop, "/nonexistent/dir/x.db", &fx.store), 0);
+        fx.store = NULL;
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_aor_and_uri_helpers) {
+        char *a = registrar_aor_normalize("<sip:Alice@Example.ORG:5070;transport=tcp>");
+        ck_assert_str_eq(a, "sip:Alice@example.org");
+        free(a);
+        a = registrar_aor_normalize("sips:bob@h");
+        ck_assert_str_eq(a, "sip:bob@h");
+        free(a);
+        ck_assert_ptr_null(registrar_aor_normalize("tel:+123"));
+        ck_assert_ptr_null(registrar_aor_normalize("garbage"));
+        ck_assert(registrar_uri_equal("sip:a@H:5060;transport=udp", "<sip:a@h:5060;transport=udp>"));
+        ck_assert(!registrar_uri_equal("sip:a@h", "sip:b@h"));
+        ck_assert(!registrar_uri_equal("sip:a@h", "sip:a@h:5070"));
+}
+END_TEST
+
+int main(void) {
+        Suite *s = suite_create("registrar");
+        TCase *tc = tcase_create("store");
+        int n = (int)ELEMENTSOF(stores);
+        tcase_add_loop_test(tc, test_registrar_fetch_unknown_is_empty, 0, n);
+        tcase_add_loop_test(tc, test_registrar_bind_two_contacts, 0, n);
+        tcase_add_loop_test(tc, test_registrar_refresh_keeps_one_binding, 0, n);
+        tcase_add_loop_test(tc, test_registrar_replayed_cseq_refused, 0, n);
+        tcase_add_loop_test(tc, test_registrar_instance_replaces, 0, n);
+        tcase_add_loop_test(tc, test_registrar_expires_zero_removes, 0, n);
+        tcase_add_loop_test(tc, test_registrar_max_contacts_evicts_oldest, 0, n);
+        tcase_add_loop_test(tc, test_registrar_clear_remove_dump, 0, n);
+        tcase_add_loop_test(tc, test_registrar_expired_hidden_and_purged, 0, n);
+        suite_add_tcase(s, tc);
+        TCase *tq = tcase_create("sqlite");
+        tcase_add_test(tq, test_registrar_sqlite_persists);
+        suite_add_tcase(s, tq);
+        TCase *th = tcase_create("helpers");
+        tcase_add_test(th, test_registrar_aor_and_uri_helpers);
+        suite_add_tcase(s, th);
+        return tl_run(s);
+}
