@@ -123,13 +123,8 @@ static int internal_remove(struct registrar_store *s, const char *aor, const cha
         int r = registrar_record_copy(lookup(st, aor), aor, realtime_msec(), &rec);
         if (r < 0)
                 return r;
-        size_t i;
-        for (i = 0; i < rec->n_bindings; i++)
-                if (streq(rec->bindings[i].unique_id, unique_id))
-                        break;
-        if (i == rec->n_bindings)
+        if (registrar_record_remove_id(rec, unique_id) < 0)
                 return registrar_defer_record(st->deferred, -ENOENT, NULL, cb, userdata);
-        registrar_record_remove(rec, i);
         return commit(st, TAKE_PTR(rec), cb, userdata);
 }
 

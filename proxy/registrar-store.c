@@ -374,3 +374,12 @@ int registrar_record_apply(struct registrar_record *rec, const struct registrar_
         }
         return 0;
 }
+
+int registrar_record_remove_id(struct registrar_record *rec, const char *unique_id) {
+        for (size_t i = 0; i < rec->n_bindings; i++)
+                if (streq(rec->bindings[i].unique_id, unique_id)) {
+                        registrar_record_remove(rec, i);
+                        return 0;
+                }
+        return -ENOENT;
+}

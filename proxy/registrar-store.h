@@ -135,6 +135,8 @@ int registrar_defer_done(struct registrar_deferred *d, int result, registrar_don
 int registrar_record_copy(const struct registrar_record *rec, const char *aor, uint64_t now,
                           struct registrar_record **ret);
 void registrar_record_remove(struct registrar_record *rec, size_t i);
+/* Remove the binding with this unique id: 0, or -ENOENT when there is none. */
+int registrar_record_remove_id(struct registrar_record *rec, const char *unique_id);
 /* The update rules on a record in memory (expired bindings already dropped): matching by
  * unique id or URI, the Call-ID/CSeq check (-ESTALE), removals, eviction of the oldest beyond
  * max_contacts. On error rec is partly changed: work on a copy. */
