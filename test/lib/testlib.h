@@ -21,6 +21,10 @@ char *tl_path(const char *name);
 /* Write text to tmpdir/name; returns the malloc'd path. */
 char *tl_write_file(const char *name, const char *text);
 
+/* The whole file (may hold NUL bytes; a NUL is appended), malloc'd, or NULL when it cannot be
+ * read. len may be NULL. */
+char *tl_read_file(const char *path, size_t *len);
+
 /* $SIPFLEET_BUILD_ROOT/rel, malloc'd. */
 char *tl_build_path(const char *rel);
 char *tl_source_path(const char *rel);
@@ -56,3 +60,35 @@ void tl_redis_stop(struct tl_redis *r);
 /* Runs one command with redis-cli-like semantics over a blocking hiredis connection; returns the
  * reply as text (integers in decimal, arrays joined with '\n'), malloc'd, or NULL. */
 char *tl_redis_cmd(struct tl_redis *r, const char *fmt, ...);
+
+/* The built sipfleet-proxy with a generated config: [global] transports on a free UDP/TCP port
+ * of 127.0.0.1, a control socket in the test's tmpdir, shutdown-timeout=3s and
+ * prometheus-listen on a free port, followed by `extra` (more [global] lines, then any
+ * sections). Ready means the control socket accepts, which the proxy opens only after its SIP
+ * transports are bound. */
+struct tl_proxy {
+        struct tl_proc proc;
+        char *conf;
+        char *sock;
+        int port;
+        int metrics_port;
+};
+/* Writes the config (again: for reload tests). Ports are picked on the first call only. */
+void tl_proxy_write_conf(struct tl_proxy *f, const char *extra);
+/* Writes the config and starts the proxy; called again after tl_proxy_stop() it restarts on
+ * the same ports and socket. */
+void tl_proxy_start(struct tl_proxy *f, const char *extra);
+/* SIGTERM and wait; the fixture can be started again. */
+void tl_proxy_stop(struct tl_proxy *f);
+void tl_proxy_done(struct tl_proxy *f);
+
+struct json_t;
+/* One control command; the reply parsed as JSON (caller json_decref). Fails the test when the
+ * daemon cannot be reached or the reply is not JSON. */
+struct json_t *tl_ctl(const char *sock, const char *line);
+/* A counter read with GET; fails the test when it is not an integer. */
+long long tl_counter(const char *sock, const char *path);
+
+/* Runs one call of a SIPp scenario (a path under the source root) against 127.0.0.1:port over
+ * UDP; returns the wait status (0 when the scenario passed) and prints SIPp's output when not. */
+int tl_sipp(const char *scenario, int port);
