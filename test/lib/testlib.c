@@ -352,22 +352,57 @@ long long tl_counter(const char *sock, const char *path) {
         return n;
 }
 
-int tl_sipp(const char *scenario, int port) {
+int tl_sipp_spawn(struct tl_proc *p, const char *name, const char *scenario, int local_port,
+                  const char *const *args) {
         _cleanup_free_ char *sf = tl_source_path(scenario);
-        char remote[64], local[16], cp[16];
-        snprintf(remote, sizeof remote, "127.0.0.1:%d", port);
-        snprintf(local, sizeof local, "%d", tl_free_port());
+        char local[16], cp[16];
+        snprintf(local, sizeof local, "%d", local_port > 0 ? local_port : tl_free_port());
         snprintf(cp, sizeof cp, "%d", tl_free_port());
-        char *argv[] = {"/usr/bin/sipp", remote, "-sf", sf, "-m", "1", "-i", "127.0.0.1",
-                        "-p", local, "-cp", cp, "-timeout", "10s", "-timeout_error",
-                        "-nostdin", NULL};
-        struct tl_proc sipp;
-        tl_spawn("sipp", argv, &sipp);
-        int status = tl_wait(&sipp, 20000);
-        if (status != 0) {
-                _cleanup_free_ char *log = tl_log(&sipp);
-                fprintf(stderr, "sipp %s: %s\n", scenario, log);
+        const char *fixed[] = {"/usr/bin/sipp", "-sf", sf, "-i", "127.0.0.1", "-p", local,
+                               "-cp", cp, "-nostdin", "-timeout", "30s", "-timeout_error",
+                               "-trace_err", "-error_file", NULL};
+        _cleanup_free_ char *errfile = NULL;
+        ck_assert_int_ge(asprintf(&errfile, "%s/%s-errors.log", tl_tmpdir(), name), 0);
+        size_t n = 0, nf = ELEMENTSOF(fixed) - 1, na = 0;
+        while (args && args[na])
+                na++;
+        const char **argv = calloc(nf + 1 + na + 1, sizeof *argv);
+        ck_assert_ptr_nonnull(argv);
+        for (size_t i = 0; i < nf; i++)
+                argv[n++] = fixed[i];
+        argv[n++] = errfile;
+        for (size_t i = 0; i < na; i++)
+                argv[n++] = args[i];
+        argv[n] = NULL;
+        int r = tl_spawn(name, (char *const *)argv, p);
+        free(argv);
+        return r;
+}
+
+int tl_sipp_wait(struct tl_proc *p, const char *name, int timeout_ms) {
+        int status = tl_wait(p, timeout_ms);
+        if (status == -ETIMEDOUT) {
+                tl_kill(p, SIGKILL);
+                tl_wait(p, 5000);
         }
-        free(sipp.log);
+        if (status != 0) {
+                _cleanup_free_ char *log = tl_log(p);
+                _cleanup_free_ char *errfile = NULL;
+                ck_assert_int_ge(asprintf(&errfile, "%s/%s-errors.log", tl_tmpdir(), name), 0);
+                _cleanup_free_ char *errors = tl_read_file(errfile, NULL);
+                fprintf(stderr, "sipp %s (status %d):\n%s\n%s\n", name, status, log,
+                        errors ? errors : "");
+        }
+        free(p->log);
+        p->log = NULL;
         return status;
+}
+
+int tl_sipp(const char *scenario, int port) {
+        char remote[64];
+        snprintf(remote, sizeof remote, "127.0.0.1:%d", port);
+        const char *args[] = {remote, "-m", "1", NULL};
+        struct tl_proc sipp;
+        tl_sipp_spawn(&sipp, "sipp", scenario, 0, args);
+        return tl_sipp_wait(&sipp, "sipp", 40000);
 }

@@ -89,6 +89,15 @@ struct json_t *tl_ctl(const char *sock, const char *line);
 /* A counter read with GET; fails the test when it is not an integer. */
 long long tl_counter(const char *sock, const char *path);
 
+/* Starts SIPp in the background with a scenario (a path under the source root), bound to
+ * 127.0.0.1:local_port (0: a free port), its own control port, no stdin, a 30 s timeout that
+ * fails the run, errors traced to tmpdir/<name>-errors.log; args (NULL-terminated, may be NULL)
+ * follow: the remote address, -m, -t, -key... */
+int tl_sipp_spawn(struct tl_proc *p, const char *name, const char *scenario, int local_port,
+                  const char *const *args);
+/* Waits up to timeout_ms (then kills it); prints SIPp's output and error file when the run
+ * failed. Returns the wait status: 0 when every call of the scenario passed. */
+int tl_sipp_wait(struct tl_proc *p, const char *name, int timeout_ms);
 /* Runs one call of a SIPp scenario (a path under the source root) against 127.0.0.1:port over
  * UDP; returns the wait status (0 when the scenario passed) and prints SIPp's output when not. */
 int tl_sipp(const char *scenario, int port);
