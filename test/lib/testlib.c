@@ -406,3 +406,64 @@ int tl_sipp(const char *scenario, int port) {
         tl_sipp_spawn(&sipp, "sipp", scenario, 0, args);
         return tl_sipp_wait(&sipp, "sipp", 40000);
 }
+
+static void run_openssl(const char *const *args) {
+        const char *argv[24] = {"/usr/bin/openssl"};
+        size_t n = 1;
+        for (; args[n - 1]; n++) {
+                ck_assert_uint_lt(n, ELEMENTSOF(argv) - 1);
+                argv[n] = args[n - 1];
+        }
+        argv[n] = NULL;
+        struct tl_proc p;
+        tl_spawn("openssl", (char *const *)argv, &p);
+        int status = tl_wait(&p, 30000);
+        if (status != 0) {
+                _cleanup_free_ char *log = tl_log(&p);
+                ck_abort_msg("openssl %s failed: %s", args[0], log);
+        }
+        free(p.log);
+}
+
+char *tl_tls_dir(const char *name, const char *subject_alt_name) {
+        _cleanup_free_ char *dir = tl_path(name);
+        ck_assert_int_eq(mkdir(dir, 0700), 0);
+        _cleanup_free_ char *ca_key = NULL, *ca_pem = NULL, *key = NULL, *csr = NULL,
+                            *crt = NULL, *ext = NULL, *san = NULL;
+        ck_assert_int_ge(asprintf(&ca_key, "%s/ca.key", dir), 0);
+        ck_assert_int_ge(asprintf(&ca_pem, "%s/cafile.pem", dir), 0);
+        ck_assert_int_ge(asprintf(&key, "%s/agent.key", dir), 0);
+        ck_assert_int_ge(asprintf(&csr, "%s/agent.csr", dir), 0);
+        ck_assert_int_ge(asprintf(&crt, "%s/agent.crt", dir), 0);
+        ck_assert_int_ge(asprintf(&ext, "%s/agent.ext", dir), 0);
+        ck_assert_int_ge(asprintf(&san, "subjectAltName=%s\n",
+                                  subject_alt_name ? subject_alt_name : "IP:127.0.0.1"),
+                         0);
+        FILE *f = fopen(ext, "we");
+        ck_assert_ptr_nonnull(f);
+        fputs(san, f);
+        fclose(f);
+
+        run_openssl((const char *[]){"req", "-x509", "-newkey", "ec", "-pkeyopt",
+                                     "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                                     "-subj", "/CN=sipfleet test CA", "-keyout", ca_key, "-out",
+                                     ca_pem, NULL});
+        run_openssl((const char *[]){"req", "-newkey", "ec", "-pkeyopt",
+                                     "ec_paramgen_curve:prime256v1", "-nodes", "-subj",
+                                     "/CN=127.0.0.1", "-keyout", key, "-out", csr, NULL});
+        run_openssl((const char *[]){"x509", "-req", "-in", csr, "-CA", ca_pem, "-CAkey", ca_key,
+                                     "-CAcreateserial", "-days", "2", "-extfile", ext, "-out",
+                                     crt, NULL});
+        /* sofia reads the key and the chain from one file. */
+        _cleanup_free_ char *k = tl_read_file(key, NULL), *c = tl_read_file(crt, NULL);
+        ck_assert_ptr_nonnull(k);
+        ck_assert_ptr_nonnull(c);
+        _cleanup_free_ char *agent = NULL;
+        ck_assert_int_ge(asprintf(&agent, "%s/agent.pem", dir), 0);
+        f = fopen(agent, "we");
+        ck_assert_ptr_nonnull(f);
+        fputs(k, f);
+        fputs(c, f);
+        fclose(f);
+        return TAKE_PTR(dir);
+}

@@ -101,3 +101,8 @@ int tl_sipp_wait(struct tl_proc *p, const char *name, int timeout_ms);
 /* Runs one call of a SIPp scenario (a path under the source root) against 127.0.0.1:port over
  * UDP; returns the wait status (0 when the scenario passed) and prints SIPp's output when not. */
 int tl_sipp(const char *scenario, int port);
+/* A TLS directory tmpdir/name for sofia: a fresh test CA (cafile.pem, ca.key), a key and a
+ * certificate signed by it for subject_alt_name (NULL: "IP:127.0.0.1"), with agent.pem = key +
+ * certificate, and agent.key / agent.crt separately for other peers. Returns the malloc'd
+ * directory path. */
+char *tl_tls_dir(const char *name, const char *subject_alt_name);
