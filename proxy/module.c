@@ -11,6 +11,7 @@
  * DoSProtection → SanityChecker → Capabilities → NatHelper → Authentication → RegEvent →
  * Presence → B2bua → Registrar → Router → PushNotification → MediaRelay → Forward. */
 static const struct module_desc *const chain[] = {
+        &module_dos,
         &module_sanity,
         &module_capabilities,
         &module_registrar,

@@ -50,5 +50,6 @@ int modules_init(struct module **mods, size_t n);
 void modules_free(struct module **mods, size_t n);
 
 extern const struct module_desc module_capabilities;
+extern const struct module_desc module_dos;
 extern const struct module_desc module_registrar;
 extern const struct module_desc module_sanity;

@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "daemon.h"
+#include "dos.h"
 #include "loop.h"
 #include "module.h"
 #include "proxy.h"
@@ -259,6 +260,8 @@ static int on_request(struct proxy *p, nta_leg_t *leg, nta_incoming_t *irq, sip_
 
 /* Messages nta does not match to a transaction (stray responses, stateless traffic). */
 static int on_message(struct proxy *p, nta_agent_t *agent, msg_t *msg, sip_t *sip) {
+        if (dos_note_packet(p, msg) > 0)
+                return 0;
         if (sip && sip->sip_status)
                 log_debug("Dropping stray %u response.", sip->sip_status->st_status);
         msg_destroy(msg);
