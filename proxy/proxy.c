@@ -15,8 +15,13 @@
 #include "module.h"
 #include "proxy.h"
 #include "stats.h"
+#include "transport.h"
 
 #define C(field) offsetof(struct proxy_config, field)
+
+static const char *const tls_verify_policies[] = {"none", "incoming", "outgoing", "all", NULL};
+static const unsigned tls_verify_policy_values[] = {TPTLS_VERIFY_NONE, TPTLS_VERIFY_IN,
+                                                   TPTLS_VERIFY_OUT, TPTLS_VERIFY_ALL};
 
 static const struct conf_option proxy_rows[] = {
         {"global", "transports", CONF_URI_LIST, C(transports), "sip:*:5060", 0, 0, 0,
@@ -27,7 +32,23 @@ static const struct conf_option proxy_rows[] = {
         {"global", "tls-certificates-dir", CONF_STRING, C(tls_certificates_dir),
          CONFDIR "/tls", 0, 0, 0,
          "Directory with agent.pem (private key and certificate chain) and cafile.pem "
-         "(trusted CAs), used by sips: transports"},
+         "(trusted CAs), used by TLS transports where tls-certificate or tls-ca-file is empty"},
+        {"global", "tls-certificate", CONF_STRING, C(tls_certificate), NULL, 0, 0, 0,
+         "PEM file with the certificate of TLS transports, then its intermediates; checked "
+         "at start (key match, not expired); empty: agent.pem of tls-certificates-dir"},
+        {"global", "tls-private-key", CONF_STRING, C(tls_private_key), NULL, 0, 0, 0,
+         "PEM file with the unencrypted private key of tls-certificate; empty: read from the "
+         "certificate file"},
+        {"global", "tls-ca-file", CONF_STRING, C(tls_ca_file), NULL, 0, 0, 0,
+         "PEM file with the trusted CAs (peer verification, CA names sent to clients); empty: "
+         "cafile.pem of tls-certificates-dir"},
+        {"global", "tls-verify-policy", CONF_ENUM, C(tls_verify_policy), "none", 0, 0, 0,
+         "Certificate checks of TLS connections: incoming = every client must present a "
+         "certificate from a trusted CA, outgoing = servers we connect to must, all = both",
+         .choices = tls_verify_policies},
+        {"global", "max-message-size", CONF_SIZE, C(max_message_size), "64KiB", 0, 0, 0,
+         "Largest SIP message accepted, on every transport (from 4KiB to 64MiB); larger "
+         "ones are refused"},
         {"global", "idle-timeout", CONF_DURATION, C(idle_timeout_ms), "3600s", 0, 0, 0,
          "Close TCP and TLS connections idle for this long", .unit = CONF_UNIT_S},
 };
@@ -268,26 +289,58 @@ static int on_message(struct proxy *p, nta_agent_t *agent, msg_t *msg, sip_t *si
         return 0;
 }
 
+/* Limits sofia applies to every transport; the agent takes them once, before the first. */
+#define MAX_MESSAGE_SIZE_MIN (UINT64_C(4) << 10)
+#define MAX_MESSAGE_SIZE_MAX (UINT64_C(64) << 20)
+
+static bool has_tls_transport(struct proxy *p) {
+        for (tport_t *tp = tport_primaries(nta_agent_tports(p->agent)); tp; tp = tport_next(tp))
+                if (strcaseeq(tport_name(tp)->tpn_proto, "tls"))
+                        return true;
+        return false;
+}
+
 static int add_transport(struct proxy *p, const char *uri) {
-        bool tls = strncasecmp(uri, "sips:", 5) == 0;
-        if (tls) {
-                _cleanup_free_ char *pem = NULL;
-                const char *dir = p->config.tls_certificates_dir;
-                if (isempty(dir))
-                        return log_error_errno(EINVAL, "TLS transport '%s' needs [global] "
-                                                       "tls-certificates-dir.", uri);
-                if (asprintf(&pem, "%s/agent.pem", dir) < 0)
-                        return log_oom();
-                if (access(pem, R_OK) < 0)
-                        return log_error_errno(errno, "TLS transport '%s': cannot read '%s': %m",
-                                               uri, pem);
-        }
-        int r = nta_agent_add_tport(p->agent, URL_STRING_MAKE(uri),
-                                    TAG_IF(tls, TPTAG_CERTIFICATE(p->config.tls_certificates_dir)),
-                                    TPTAG_IDLE((unsigned)p->config.idle_timeout_ms), TAG_END());
+        const struct proxy_config *c = &p->config;
+        _cleanup_free_ char *bind_uri = NULL, *tls_dir = NULL;
+        bool tls;
+        int r;
+
+        if (c->max_message_size < MAX_MESSAGE_SIZE_MIN ||
+            c->max_message_size > MAX_MESSAGE_SIZE_MAX)
+                return log_error_errno(ERANGE, "[global] max-message-size must be between 4KiB "
+                                               "and 64MiB.");
+        nta_agent_set_params(p->agent, NTATAG_MAXSIZE((usize_t)c->max_message_size), TAG_END());
+
+        r = transport_bind_uri(uri, &bind_uri, &tls);
         if (r < 0)
-                return log_error_errno(errno > 0 ? errno : EINVAL,
-                                       "Cannot listen on '%s': %m", uri);
+                return log_error_errno(r, "Cannot listen on '%s': not a SIP URI.", uri);
+        if (tls) {
+                const struct transport_tls_files files = {
+                        .certificates_dir = c->tls_certificates_dir,
+                        .certificate = c->tls_certificate,
+                        .private_key = c->tls_private_key,
+                        .ca_file = c->tls_ca_file,
+                        .quiet = has_tls_transport(p),
+                };
+                r = transport_tls_prepare(&files, &tls_dir);
+                if (r < 0)
+                        return r;
+        }
+        unsigned policy = tls_verify_policy_values[c->tls_verify_policy];
+        r = nta_agent_add_tport(p->agent, URL_STRING_MAKE(bind_uri),
+                                TAG_IF(tls, TPTAG_CERTIFICATE(tls_dir)),
+                                TAG_IF(tls, TPTAG_TLS_VERIFY_POLICY(policy)),
+                                TPTAG_IDLE((unsigned)c->idle_timeout_ms),
+                                /* RFC 5626 §4.4.1: a CRLF CRLF ping gets a CRLF pong. */
+                                TPTAG_PONG2PING(1), TAG_END());
+        int e = errno;
+        transport_tls_dir_remove(tls_dir); /* sofia has read the files */
+        if (r < 0)
+                return log_error_errno(e > 0 ? e : EINVAL, "Cannot listen on '%s'%s%s%s: %m", uri,
+                                       streq(uri, bind_uri) ? "" : " (as '",
+                                       streq(uri, bind_uri) ? "" : bind_uri,
+                                       streq(uri, bind_uri) ? "" : "')");
         return 0;
 }
 

@@ -17,7 +17,12 @@ struct proxy_config {
         char **transports;
         char **aliases;
         char *tls_certificates_dir;
+        char *tls_certificate;
+        char *tls_private_key;
+        char *tls_ca_file;
+        int tls_verify_policy; /* index into tls-verify-policy's choices */
         uint64_t idle_timeout_ms;
+        uint64_t max_message_size;
 };
 
 struct proxy {
