@@ -331,6 +331,8 @@ static int reload(void *userdata, char **error) {
         if (warnings)
                 log_warning("%s", warnings);
         log_notice("Configuration reloaded.");
+        if (d->hooks.reloaded)
+                d->hooks.reloaded(d, d->hooks.userdata);
         return 0;
 }
 

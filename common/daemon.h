@@ -41,6 +41,9 @@ struct daemon_hooks {
         void (*stop)(struct daemon *d, void *userdata);
         /* After a successful reload or SET of reloadable keys. */
         void (*config_changed)(struct daemon *d, char *const *changed, void *userdata);
+        /* After every successful reload (SIGHUP, RELOAD), keys changed or not: the time to
+         * re-read files the configuration points to (routes, password files). */
+        void (*reloaded)(struct daemon *d, void *userdata);
         void *userdata;
 };
 

@@ -19,8 +19,10 @@ int main(int argc, char **argv) {
         res = daemon_load_config(d);
         if (res != DAEMON_CONTINUE)
                 goto finish_args;
-        if (daemon_start(d, DAEMON_LOOP_SU, &(struct daemon_hooks){.stop = proxy_hooks.stop,
-                                                                     .userdata = p}) < 0)
+        if (daemon_start(d, DAEMON_LOOP_SU,
+                         &(struct daemon_hooks){.stop = proxy_hooks.stop,
+                                                .reloaded = proxy_hooks.reloaded,
+                                                .userdata = p}) < 0)
                 goto finish;
         if (proxy_start(p) < 0 || daemon_listen(d) < 0 || daemon_drop_privileges(d) < 0)
                 goto finish;

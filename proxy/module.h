@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 #include "conf.h"
+#include "sofia.h"
 
 struct proxy;
 struct proxy_request;
@@ -31,6 +32,10 @@ struct module_desc {
         size_t n_rows;
         int (*init)(struct module *m);
         enum module_result (*on_request)(struct module *m, struct proxy_request *req);
+        /* Each response relayed back through the proxy (not the ones nta makes up). */
+        void (*on_response)(struct module *m, msg_t *msg, sip_t *sip);
+        /* After every successful reload: re-read the files the module's config names. */
+        void (*reload)(struct module *m);
         void (*done)(struct module *m);
 };
 
@@ -38,8 +43,10 @@ struct module {
         const struct module_desc *desc;
         struct proxy *proxy;
         bool enabled;
+        char *filter_text; /* [module::X] filter: requests enter only when it is true */
+        struct filter *filter;
         void *state;
-        struct conf_option enabled_row;
+        struct conf_option rows[2]; /* enabled, filter */
         struct stats_counter *count_requests;
 };
 
@@ -48,8 +55,16 @@ int modules_new(struct proxy *p, struct conf *conf, struct module ***ret, size_t
 /* After the configuration is loaded: init the enabled modules. */
 int modules_init(struct module **mods, size_t n);
 void modules_free(struct module **mods, size_t n);
+void modules_reload(struct module **mods, size_t n);
+/* Runs the on_response hooks, in chain order, on a response received on a branch. */
+void modules_on_response(struct module **mods, size_t n, msg_t *msg, sip_t *sip);
+/* Does the module's filter let this request in (true without a filter)? */
+bool module_filter_match(struct module *m, const sip_t *sip);
 
 extern const struct module_desc module_capabilities;
+extern const struct module_desc module_nat;
 extern const struct module_desc module_dos;
 extern const struct module_desc module_registrar;
+extern const struct module_desc module_router;
+extern const struct module_desc module_forward;
 extern const struct module_desc module_sanity;

@@ -6,11 +6,14 @@
 #include <stdio.h>
 #include <sys/stat.h>
 
+#include <sofia-sip/msg_header.h>
+#include <sofia-sip/sip_util.h>
 #include <sofia-sip/su_tagarg.h>
 
 #include "config.h"
 #include "daemon.h"
 #include "dos.h"
+#include "fork.h"
 #include "loop.h"
 #include "module.h"
 #include "proxy.h"
@@ -159,6 +162,42 @@ bool proxy_is_us(struct proxy *p, const url_t *url) {
         return false;
 }
 
+bool proxy_via_is_us(struct proxy *p, const sip_via_t *v) {
+        if (!v || !v->v_host)
+                return false;
+        bool tls = v->v_protocol && strcasestr(v->v_protocol, "TLS");
+        url_t u = {
+                .url_type = tls ? url_sips : url_sip,
+                .url_host = v->v_host,
+                .url_port = v->v_port,
+        };
+        return proxy_is_us(p, &u);
+}
+
+tport_t *proxy_primary(struct proxy *p, const char *proto, const char *host) {
+        bool v6 = host && strchr(host, ':');
+        for (tport_t *tp = tport_primaries(nta_agent_tports(p->agent)); tp; tp = tport_next(tp)) {
+                const tp_name_t *n = tport_name(tp);
+                if (strcaseeq(n->tpn_proto, proto) && (strchr(n->tpn_host, ':') != NULL) == v6)
+                        return tp;
+        }
+        return NULL;
+}
+
+char *proxy_primary_uri(su_home_t *home, tport_t *primary) {
+        const tp_name_t *n = tport_name(primary);
+        const char *h = n->tpn_canon && !is_wildcard(n->tpn_canon) ? n->tpn_canon : n->tpn_host;
+        bool bracket = strchr(h, ':') && h[0] != '[';
+        bool udp = strcaseeq(n->tpn_proto, "udp");
+        return su_sprintf(home, "sip:%s%s%s:%s%s%s;lr", bracket ? "[" : "", h, bracket ? "]" : "",
+                          n->tpn_port, udp ? "" : ";transport=", udp ? "" : n->tpn_proto);
+}
+
+char *proxy_route_uri(struct proxy *p, su_home_t *home, const char *proto, const char *host) {
+        tport_t *tp = proxy_primary(p, proto, host);
+        return tp ? proxy_primary_uri(home, tp) : NULL;
+}
+
 static void count_reply(struct proxy *p, int status) {
         for (size_t i = 0; i < ELEMENTSOF(reply_codes); i++)
                 if (reply_codes[i] == status) {
@@ -170,6 +209,14 @@ static void count_reply(struct proxy *p, int status) {
 
 int proxy_request_reply(struct proxy_request *req, int status, const char *phrase, tag_type_t tag,
                         tag_value_t value, ...) {
+        if (req->branch) {
+                /* A module answered one branch of a fork: the fork decides what goes up. */
+                count_reply(req->proxy, status);
+                if (status >= 200)
+                        req->replied = true;
+                fork_branch_reply(req->branch, status, phrase);
+                return 0;
+        }
         ta_list ta;
         ta_start(ta, tag, value);
         int r = nta_incoming_treply(req->irq, status, phrase, ta_tags(ta));
@@ -184,11 +231,16 @@ int proxy_request_reply(struct proxy_request *req, int status, const char *phras
 
 static void request_free(struct proxy_request *req) {
         struct proxy *p = req->proxy;
+        struct fork_branch *branch = req->branch;
+        if (log_get_sip_context() == &req->log_ctx)
+                log_set_sip_context(NULL);
         if (req->irq)
-                nta_incoming_destroy(req->irq);
+                nta_incoming_destroy(req->irq); /* also unbinds on_incoming_cancel */
         if (req->msg)
                 msg_destroy(req->msg);
         free(req);
+        if (branch)
+                fork_branch_chain_done(branch);
         p->n_inflight--;
         if (p->stopping && p->n_inflight == 0)
                 daemon_drained(p->daemon);
@@ -200,20 +252,21 @@ static void run_chain(struct proxy_request *req) {
         log_set_sip_context(&req->log_ctx);
         for (size_t i = req->next_module; i < p->n_modules; i++) {
                 struct module *m = p->modules[i];
-                if (!m->enabled)
+                if (!m->enabled || !module_filter_match(m, req->sip))
                         continue;
                 stats_inc(m->count_requests);
+                /* Set before the call: a suspended request may be resumed, or even freed,
+                 * before on_request returns, so req is not touched after SUSPEND. */
+                req->next_module = i + 1;
                 enum module_result r = m->desc->on_request(m, req);
                 if (r == MODULE_SUSPEND) {
-                        req->next_module = i + 1;
                         log_set_sip_context(NULL);
                         return;
                 }
                 if (r == MODULE_STOP)
                         goto done;
         }
-        /* Nothing took the request. Routing and forwarding modules join the chain with the
-         * proxy-core work; until then the proxy says so instead of dropping it. */
+        /* Nothing took the request (Forward disabled): say so instead of dropping it. */
         if (req->sip->sip_request->rq_method != sip_method_ack && !req->replied) {
                 log_info("No module handles %s; answering 501.",
                          req->sip->sip_request->rq_method_name);
@@ -232,6 +285,39 @@ void proxy_request_resume(struct proxy_request *req, int result) {
         run_chain(req);
 }
 
+void proxy_request_trying(struct proxy_request *req) {
+        /* nta never sends 100 Trying for a proxy (SOFIA-NOTES §2). */
+        if (req->irq && !req->sent_trying &&
+            nta_incoming_method(req->irq) == sip_method_invite &&
+            nta_incoming_status(req->irq) < 100) {
+                req->sent_trying = true;
+                nta_incoming_treply(req->irq, SIP_100_TRYING, TAG_END());
+        }
+}
+
+void proxy_request_branch(struct proxy_request *parent, struct fork_branch *b, msg_t *msg) {
+        struct proxy *p = parent->proxy;
+        struct proxy_request *req = calloc(1, sizeof *req);
+        if (!req) {
+                msg_destroy(msg);
+                log_oom();
+                fork_branch_chain_done(b);
+                return;
+        }
+        p->n_inflight++;
+        req->proxy = p;
+        req->msg = msg;
+        req->sip = sip_object(msg);
+        req->branch = b;
+        req->next_module = parent->next_module;
+        req->log_ctx = parent->log_ctx;
+        req->in_primary = parent->in_primary;
+        run_chain(req);
+        /* Back in the parent's context (a branch may start from inside another request's
+         * callback). */
+        log_set_sip_context(&parent->log_ctx);
+}
+
 static void count_request(struct proxy *p, sip_method_t method) {
         for (size_t i = 0; i < ELEMENTSOF(request_methods); i++)
                 if (request_methods[i] == method) {
@@ -241,8 +327,33 @@ static void count_request(struct proxy *p, sip_method_t method) {
         stats_inc(p->count_request[ELEMENTSOF(request_methods)]);
 }
 
+/* A CANCEL matching one of our INVITE server transactions (nta has answered it 200). */
+static int on_incoming_cancel(struct proxy_request *req, nta_incoming_t *irq, const sip_t *sip) {
+        if (!sip || !sip->sip_request || sip->sip_request->rq_method != sip_method_cancel)
+                return 0;
+        if (req->fork) {
+                fork_cancel(req->fork, sip->sip_reason);
+                return 0;
+        }
+        /* Still in the chain (waiting for the registrar...): the router sees the flag. */
+        req->cancelled = true;
+        return 0;
+}
+
+/* RFC 3261 §16.4: the Route entries naming us are ours to remove. */
+static void pop_our_routes(struct proxy *p, msg_t *msg, sip_t *sip) {
+        while (sip->sip_route && proxy_is_us(p, sip->sip_route->r_url))
+                sip_route_remove(msg, sip);
+}
+
 static int on_request(struct proxy *p, nta_leg_t *leg, nta_incoming_t *irq, sip_t const *sip) {
-        count_request(p, sip->sip_request->rq_method);
+        sip_method_t method = sip->sip_request->rq_method;
+        count_request(p, method);
+        if (method == sip_method_cancel) {
+                /* Matching CANCELs never get here: nta hands them to on_incoming_cancel. */
+                count_reply(p, 481);
+                return 481;
+        }
         if (p->stopping) {
                 if (sip->sip_request->rq_method == sip_method_ack) {
                         nta_incoming_destroy(irq);
@@ -264,6 +375,14 @@ static int on_request(struct proxy *p, nta_leg_t *leg, nta_incoming_t *irq, sip_
         req->irq = irq;
         req->msg = nta_incoming_getrequest(irq);
         req->sip = sip_object(req->msg);
+        pop_our_routes(p, req->msg, req->sip);
+        tport_t *tp = nta_incoming_transport(p->agent, irq, req->msg);
+        if (tp) {
+                req->in_primary = tport_parent(tp);
+                tport_unref(tp);
+        }
+        if (method == sip_method_invite)
+                nta_incoming_bind(irq, on_incoming_cancel, req);
         req->log_ctx = (struct log_sip_context){
                 .call_id = sip->sip_call_id ? sip->sip_call_id->i_id : NULL,
                 .method = sip->sip_request->rq_method_name,
@@ -279,12 +398,18 @@ static int on_request(struct proxy *p, nta_leg_t *leg, nta_incoming_t *irq, sip_
         return 0;
 }
 
-/* Messages nta does not match to a transaction (stray responses, stateless traffic). */
+/* Messages nta does not match to a transaction: 2xx retransmissions of forked INVITEs after
+ * their client transaction ended are relayed statelessly; the rest is dropped. */
 static int on_message(struct proxy *p, nta_agent_t *agent, msg_t *msg, sip_t *sip) {
         if (dos_note_packet(p, msg) > 0)
                 return 0;
-        if (sip && sip->sip_status)
+        if (sip && sip->sip_status && proxy_via_is_us(p, sip->sip_via)) {
+                sip_via_remove(msg, sip);
+                if (sip->sip_via && nta_msg_tsend(agent, msg, NULL, TAG_END()) >= 0)
+                        return 0;
+        } else if (sip && sip->sip_status) {
                 log_debug("Dropping stray %u response.", sip->sip_status->st_status);
+        }
         msg_destroy(msg);
         return 0;
 }
@@ -405,11 +530,17 @@ static void proxy_stop(struct daemon *d, void *userdata) {
                 log_notice("Draining %u in-flight requests.", p->n_inflight);
 }
 
-const struct daemon_hooks proxy_hooks = {.stop = proxy_stop};
+static void proxy_reloaded(struct daemon *d, void *userdata) {
+        struct proxy *p = userdata;
+        modules_reload(p->modules, p->n_modules);
+}
+
+const struct daemon_hooks proxy_hooks = {.stop = proxy_stop, .reloaded = proxy_reloaded};
 
 void proxy_free(struct proxy *p) {
         if (!p)
                 return;
+        fork_free_all(p);
         modules_free(p->modules, p->n_modules);
         if (p->default_leg)
                 nta_leg_destroy(p->default_leg);

@@ -16,6 +16,7 @@
 #include "module.h"
 #include "proxy.h"
 #include "registrar-store.h"
+#include "registrar.h"
 #include "stats.h"
 
 #define PURGE_INTERVAL_MS (60 * 1000)
@@ -72,7 +73,7 @@ struct register_op {
         bool echo_path;
 };
 
-static bool domain_managed(struct registrar *reg, const char *host) {
+bool registrar_domain_managed(struct registrar *reg, const char *host) {
         if (!host)
                 return false;
         STRV_FOREACH(d, reg->reg_domains)
@@ -193,7 +194,7 @@ static enum module_result registrar_request(struct module *m, struct proxy_reque
         int r;
 
         if (sip->sip_request->rq_method != sip_method_register ||
-            !domain_managed(reg, sip->sip_request->rq_url->url_host))
+            !registrar_domain_managed(reg, sip->sip_request->rq_url->url_host))
                 return MODULE_CONTINUE;
 
         const url_t *to = sip->sip_to ? sip->sip_to->a_url : NULL;
@@ -511,12 +512,23 @@ static int registrar_init(struct module *m) {
                 r = loop_timer_arm(reg->purge_timer, PURGE_INTERVAL_MS);
         if (r < 0)
                 return log_error_errno(r, "Failed to start the purge timer: %m");
+        p->registrar = reg;
         log_info("Registrar ready (store %s).", reg->store->ops->name);
         return 0;
 }
 
+struct registrar *proxy_registrar(struct proxy *p) {
+        return p->registrar;
+}
+
+struct registrar_store *registrar_get_store(struct registrar *reg) {
+        return reg->store;
+}
+
 static void registrar_done(struct module *m) {
         struct registrar *reg = m->state;
+        if (m->proxy->registrar == reg)
+                m->proxy->registrar = NULL;
         loop_timer_free(reg->purge_timer);
         reg->purge_timer = NULL;
         registrar_store_free(reg->store);

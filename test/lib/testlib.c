@@ -109,6 +109,32 @@ int tl_free_port(void) {
         return -1;
 }
 
+/* Children still running when a test process exits (a failed assertion exits at once) are
+ * killed, so that a failure does not leave daemons behind. */
+static pid_t spawned[256];
+
+static void kill_spawned(void) {
+        for (size_t i = 0; i < ELEMENTSOF(spawned); i++)
+                if (spawned[i] > 0 && waitpid(spawned[i], NULL, WNOHANG) == 0) {
+                        kill(-spawned[i], SIGKILL);
+                        kill(spawned[i], SIGKILL);
+                        waitpid(spawned[i], NULL, 0);
+                }
+}
+
+static void track_spawned(pid_t pid, pid_t done) {
+        static bool registered;
+        if (!registered) {
+                atexit(kill_spawned);
+                registered = true;
+        }
+        for (size_t i = 0; i < ELEMENTSOF(spawned); i++)
+                if (spawned[i] == done) {
+                        spawned[i] = pid;
+                        return;
+                }
+}
+
 int tl_spawn(const char *name, char *const argv[], struct tl_proc *p) {
         _cleanup_free_ char *logname = NULL;
         ck_assert_int_ge(asprintf(&logname, "%s.log", name), 0);
@@ -131,6 +157,7 @@ int tl_spawn(const char *name, char *const argv[], struct tl_proc *p) {
                 _exit(127);
         }
         p->pid = pid;
+        track_spawned(pid, 0);
         return 0;
 }
 
@@ -139,6 +166,7 @@ int tl_wait(struct tl_proc *p, int timeout_ms) {
                 int status;
                 pid_t r = waitpid(p->pid, &status, WNOHANG);
                 if (r == p->pid) {
+                        track_spawned(0, p->pid);
                         p->pid = 0;
                         return status;
                 }
@@ -320,12 +348,29 @@ void tl_proxy_start(struct tl_proxy *f, const char *extra) {
         }
 }
 
+/* Stops a running proxy and checks that it went cleanly: exit status 0 on SIGTERM, and no
+ * sanitizer report in its log (the ASan build runs every test). */
+static void proxy_stop_checked(struct tl_proxy *f) {
+        bool running = f->proc.pid > 0;
+        int status = running ? tl_stop(&f->proc) : 0;
+        if (!f->proc.log)
+                return;
+        _cleanup_free_ char *log = tl_log(&f->proc);
+        bool sanitizer = strstr(log, "ERROR: AddressSanitizer") || strstr(log, "runtime error:") ||
+                         strstr(log, "ERROR: LeakSanitizer");
+        bool clean = !running || (WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        if (sanitizer || !clean) /* the log is too long for a Check message */
+                fprintf(stderr, "proxy log (%s):\n%s\n", f->proc.log, log);
+        ck_assert_msg(!sanitizer, "sanitizer report in the proxy's log (printed above)");
+        ck_assert_msg(clean, "the proxy did not exit cleanly on SIGTERM (status %d)", status);
+}
+
 void tl_proxy_stop(struct tl_proxy *f) {
-        tl_stop(&f->proc);
+        proxy_stop_checked(f);
 }
 
 void tl_proxy_done(struct tl_proxy *f) {
-        tl_stop(&f->proc);
+        proxy_stop_checked(f);
         free(f->proc.log);
         free(f->conf);
         free(f->sock);
@@ -354,7 +399,7 @@ long long tl_counter(const char *sock, const char *path) {
 
 int tl_sipp_spawn(struct tl_proc *p, const char *name, const char *scenario, int local_port,
                   const char *const *args) {
-        _cleanup_free_ char *sf = tl_source_path(scenario);
+        _cleanup_free_ char *sf = scenario[0] == '/' ? strdup(scenario) : tl_source_path(scenario);
         char local[16], cp[16];
         snprintf(local, sizeof local, "%d", local_port > 0 ? local_port : tl_free_port());
         snprintf(cp, sizeof cp, "%d", tl_free_port());

@@ -78,7 +78,8 @@ void tl_proxy_write_conf(struct tl_proxy *f, const char *extra);
 /* Writes the config and starts the proxy; called again after tl_proxy_stop() it restarts on
  * the same ports and socket. */
 void tl_proxy_start(struct tl_proxy *f, const char *extra);
-/* SIGTERM and wait; the fixture can be started again. */
+/* SIGTERM and wait; the fixture can be started again. Both fail the test when the proxy did
+ * not exit 0 or its log holds a sanitizer report. */
 void tl_proxy_stop(struct tl_proxy *f);
 void tl_proxy_done(struct tl_proxy *f);
 
@@ -89,7 +90,8 @@ struct json_t *tl_ctl(const char *sock, const char *line);
 /* A counter read with GET; fails the test when it is not an integer. */
 long long tl_counter(const char *sock, const char *path);
 
-/* Starts SIPp in the background with a scenario (a path under the source root), bound to
+/* Starts SIPp in the background with a scenario (a path under the source root, or an absolute
+ * path), bound to
  * 127.0.0.1:local_port (0: a free port), its own control port, no stdin, a 30 s timeout that
  * fails the run, errors traced to tmpdir/<name>-errors.log; args (NULL-terminated, may be NULL)
  * follow: the remote address, -m, -t, -key... */
