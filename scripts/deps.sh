@@ -7,7 +7,7 @@ sipfleet_packages=(
         libsofia-sip-ua-dev libevent-dev libhiredis-dev libssl-dev libjansson-dev libsrtp2-dev
         libcurl4-openssl-dev libsqlite3-dev libsystemd-dev
         # tests: Check, real servers and peers, unit verification
-        check libsubunit-dev redis-server redis-tools sip-tester systemd
+        check libsubunit-dev redis-server redis-tools sip-tester systemd liblinphone-dev
 )
 
 sipfleet_install_deps() {

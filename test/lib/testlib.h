@@ -65,13 +65,15 @@ char *tl_redis_cmd(struct tl_redis *r, const char *fmt, ...);
  * of 127.0.0.1, a control socket in the test's tmpdir, shutdown-timeout=3s and
  * prometheus-listen on a free port, followed by `extra` (more [global] lines, then any
  * sections). Ready means the control socket accepts, which the proxy opens only after its SIP
- * transports are bound. */
+ * transports are bound. A tls_port set by the caller before the first start adds
+ * sips:127.0.0.1:<tls_port> to the transports (extra then names tls-certificates-dir). */
 struct tl_proxy {
         struct tl_proc proc;
         char *conf;
         char *sock;
         int port;
         int metrics_port;
+        int tls_port;
 };
 /* Writes the config (again: for reload tests). Ports are picked on the first call only. */
 void tl_proxy_write_conf(struct tl_proxy *f, const char *extra);
