@@ -333,6 +333,50 @@ static int set_binding(struct registrar_binding *b, const struct registrar_updat
         return 0;
 }
 
+/* The push token of a contact URI: RFC 8599 pn-provider/pn-prid/pn-param, or the legacy
+ * pn-type/pn-tok/app-id; false when it has none. */
+static bool push_key(const char *uri, char *key, size_t size) {
+        su_home_t home[1] = {SU_HOME_INIT(home)};
+        url_t *u = parse_uri(home, uri);
+        char prid[512] = "", provider[64] = "", param[256] = "";
+        bool found = false;
+        if (u && u->url_params) {
+                if (url_param(u->url_params, "pn-prid", prid, sizeof prid) > 0) {
+                        url_param(u->url_params, "pn-provider", provider, sizeof provider);
+                        url_param(u->url_params, "pn-param", param, sizeof param);
+                        found = true;
+                } else if (url_param(u->url_params, "pn-tok", prid, sizeof prid) > 0) {
+                        url_param(u->url_params, "pn-type", provider, sizeof provider);
+                        url_param(u->url_params, "app-id", param, sizeof param);
+                        found = true;
+                }
+        }
+        su_home_deinit(home);
+        if (found)
+                snprintf(key, size, "%s|%s|%s", provider, prid, param);
+        return found;
+}
+
+/* A device that registers again with the same push token but a new identity (app reinstalled,
+ * instance id lost) replaces its old binding: a push would reach the same phone twice. */
+static size_t remove_same_push_token(struct registrar_record *rec, size_t keep,
+                                     const char *contact) {
+        char key[1024], other[1024];
+        if (!push_key(contact, key, sizeof key))
+                return keep;
+        for (size_t i = 0; i < rec->n_bindings;) {
+                if (i != keep && push_key(rec->bindings[i].contact, other, sizeof other) &&
+                    streq(key, other)) {
+                        registrar_record_remove(rec, i);
+                        if (i < keep)
+                                keep--;
+                        continue;
+                }
+                i++;
+        }
+        return keep;
+}
+
 int registrar_record_apply(struct registrar_record *rec, const struct registrar_update *u) {
         for (size_t i = 0; i < u->n_contacts; i++) {
                 const struct registrar_contact *c = &u->contacts[i];
@@ -362,6 +406,7 @@ int registrar_record_apply(struct registrar_record *rec, const struct registrar_
                                 registrar_record_remove(rec, (size_t)m);
                         return r;
                 }
+                remove_same_push_token(rec, (size_t)m, c->contact);
         }
 
         /* Evict the oldest (least recently updated, then first stored) beyond the limit. */

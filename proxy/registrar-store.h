@@ -138,6 +138,7 @@ void registrar_record_remove(struct registrar_record *rec, size_t i);
 /* Remove the binding with this unique id: 0, or -ENOENT when there is none. */
 int registrar_record_remove_id(struct registrar_record *rec, const char *unique_id);
 /* The update rules on a record in memory (expired bindings already dropped): matching by
- * unique id or URI, the Call-ID/CSeq check (-ESTALE), removals, eviction of the oldest beyond
- * max_contacts. On error rec is partly changed: work on a copy. */
+ * unique id or URI, the Call-ID/CSeq check (-ESTALE), removals, a binding with the same push
+ * token (pn-provider/pn-prid/pn-param, or legacy pn-type/pn-tok/app-id) replaced, eviction of
+ * the oldest beyond max_contacts. On error rec is partly changed: work on a copy. */
 int registrar_record_apply(struct registrar_record *rec, const struct registrar_update *u);

@@ -249,6 +249,35 @@ START_TEST(test_registrar_instance_replaces) {
 }
 END_TEST
 
+#define TOKEN1 "sip:a@10.0.0.1;pn-provider=apns;pn-prid=TOKEN1;pn-param=T.app"
+#define TOKEN1_AGAIN "sip:a@10.0.0.9;pn-provider=apns;pn-prid=TOKEN1;pn-param=T.app"
+#define TOKEN2 "sip:a@10.0.0.2;pn-provider=apns;pn-prid=TOKEN2;pn-param=T.app"
+#define LEGACY "sip:a@10.0.0.3;pn-type=firebase;pn-tok=TOKEN1;app-id=x"
+
+START_TEST(test_registrar_same_push_token_replaces) {
+        /* Same phone (same token), new instance id: the old binding goes; another token and a
+         * legacy pn-tok of the same value stay apart. */
+        setup(_i);
+        struct result res = apply(AOR, &(struct reg){"p1", 1, 12,
+                                                    {{TOKEN1, NULL, "\"<urn:uuid:1>\"", 60, 1000},
+                                                     {TOKEN2, NULL, "\"<urn:uuid:2>\"", 60, 1000},
+                                                     {LEGACY, NULL, "\"<urn:uuid:3>\"", 60, 1000}}});
+        ck_assert_int_eq(res.error, 0);
+        ck_assert_uint_eq(res.rec->n_bindings, 3);
+        result_done(&res);
+        res = apply(AOR, &(struct reg){"p2", 1, 12,
+                                       {{TOKEN1_AGAIN, NULL, "\"<urn:uuid:9>\"", 60, 1000}}});
+        ck_assert_int_eq(res.error, 0);
+        ck_assert_uint_eq(res.rec->n_bindings, 3);
+        ck_assert_ptr_null(find_contact(res.rec, TOKEN1));
+        ck_assert_ptr_nonnull(find_contact(res.rec, TOKEN1_AGAIN));
+        ck_assert_ptr_nonnull(find_contact(res.rec, TOKEN2));
+        ck_assert_ptr_nonnull(find_contact(res.rec, LEGACY));
+        result_done(&res);
+        teardown();
+}
+END_TEST
+
 START_TEST(test_registrar_expires_zero_removes) {
         setup(_i);
         struct result res = apply(AOR, &(struct reg){"c1", 1, 12,
@@ -406,6 +435,7 @@ int main(void) {
         tcase_add_loop_test(tc, test_registrar_refresh_keeps_one_binding, 0, n);
         tcase_add_loop_test(tc, test_registrar_replayed_cseq_refused, 0, n);
         tcase_add_loop_test(tc, test_registrar_instance_replaces, 0, n);
+        tcase_add_loop_test(tc, test_registrar_same_push_token_replaces, 0, n);
         tcase_add_loop_test(tc, test_registrar_expires_zero_removes, 0, n);
         tcase_add_loop_test(tc, test_registrar_max_contacts_evicts_oldest, 0, n);
         tcase_add_loop_test(tc, test_registrar_clear_remove_dump, 0, n);
