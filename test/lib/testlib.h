@@ -85,6 +85,24 @@ void tl_proxy_start(struct tl_proxy *f, const char *extra);
 void tl_proxy_stop(struct tl_proxy *f);
 void tl_proxy_done(struct tl_proxy *f);
 
+/* Any other sipfleet daemon (role "presence", "pushd", "mediarelay"...): the built
+ * <role>/sipfleet-<role> with a generated config: [global] control-socket in the test's tmpdir,
+ * shutdown-timeout=3s, prometheus-listen on a free port, followed by `extra` (more [global]
+ * lines, then any sections). Ready means the control socket accepts. Stop and done fail the
+ * test when the daemon did not exit 0 on SIGTERM or its log holds a sanitizer report. */
+struct tl_daemon {
+        struct tl_proc proc;
+        char *role;
+        char *conf;
+        char *sock;
+        int metrics_port;
+};
+void tl_daemon_write_conf(struct tl_daemon *f, const char *role, const char *extra);
+/* Called again after tl_daemon_stop() it restarts with the same socket. */
+void tl_daemon_start(struct tl_daemon *f, const char *role, const char *extra);
+void tl_daemon_stop(struct tl_daemon *f);
+void tl_daemon_done(struct tl_daemon *f);
+
 struct json_t;
 /* One control command; the reply parsed as JSON (caller json_decref). Fails the test when the
  * daemon cannot be reached or the reply is not JSON. */
