@@ -3,6 +3,7 @@
 #define LOG_SUBSYSTEM LOG_router
 #include <assert.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <stdio.h>
 
 #include <sofia-sip/msg_header.h>
@@ -11,8 +12,10 @@
 #include "daemon.h"
 #include "fork.h"
 #include "loop.h"
+#include "message-store.h"
 #include "module.h"
 #include "proxy.h"
+#include "registrar-store.h"
 
 #define REASON_CALL_COMPLETED  "SIP;cause=200;text=\"Call completed elsewhere\""
 #define REASON_BUSY_EVERYWHERE "SIP;cause=600;text=\"Busy Everywhere\""
@@ -20,7 +23,12 @@
 static const struct fork_config default_config = {
         .group_timeout_ms = 10 * 1000,
         .timer_c_ms = 185 * 1000,
+        .call_fork_timeout_ms = 90 * 1000,
+        .message_delivery_timeout_ms = 7 * 24 * 3600 * 1000ULL,
+        .message_accept_timeout_ms = 5 * 1000,
 };
+
+enum fork_kind { FORK_BASIC, FORK_CALL, FORK_MESSAGE };
 
 struct target {
         char *uri;
@@ -34,6 +42,7 @@ struct fork_branch {
         struct fork_branch *next;
         char *uri;
         char *uid;
+        char **routes;      /* kept for a branch that waits its turn (queued) */
         nta_outgoing_t *orq;
         struct loop_timer *timer_c;
         int status;         /* last response, 0 when none */
@@ -42,14 +51,43 @@ struct fork_branch {
         bool done;          /* final response received (or made up) */
         bool cancelled;     /* CANCEL sent, or not to be sent at all */
         bool timer_c_fired; /* a 487 after Timer C counts as 408 */
+        bool queued;        /* a MESSAGE waiting for the older ones to this device */
+        bool superseded;    /* a newer branch to the same device replaced it */
+};
+
+/* Late forks of one AOR, oldest first. */
+struct late_key {
+        char *aor;
+        struct late_key *next; /* in its bucket */
+        struct fork *first, *last;
+        unsigned n_messages;
+};
+
+struct fork_index {
+        struct late_key **buckets;
+        size_t n_buckets, n_keys;
+        unsigned n_messages;
+        uint64_t message_bytes;
 };
 
 struct fork {
         struct proxy *proxy;
         struct fork *prev, *next; /* in proxy->forks */
-        struct proxy_request *req;
+        struct proxy_request *req; /* NULL once a stored message was answered, or restored */
+        msg_t *request;            /* a reference to the incoming request */
+        struct proxy_origin origin;
         const struct fork_config *config;
+        enum fork_kind kind;
         bool invite;
+        bool late;                 /* fork-late: waits for devices to register */
+        bool late_expired;
+        char *aor;                 /* the late index key */
+        struct late_key *key;
+        struct fork *key_prev, *key_next;
+        int64_t store_id;          /* in the message store, 0 when not stored */
+        size_t size;               /* of the request, counted in the store's size */
+        uint64_t received_at, expires_at; /* realtime ms */
+        struct loop_timer *late_timer, *accept_timer;
         struct target *targets;
         size_t n_targets, next_target;
         struct fork_branch *branches;
@@ -66,22 +104,70 @@ struct fork {
 };
 
 static void fork_check(struct fork *f);
+static int key_link(struct fork *f);
+static void key_unlink(struct fork *f);
+static void pump(struct fork_index *ix, struct late_key *k, const char *uid);
+static void on_late_timer(struct loop_timer *t, void *userdata);
+static void on_accept_timer(struct loop_timer *t, void *userdata);
 
 static const struct fork_config *config_of(struct proxy *p) {
         return p->fork_config ? p->fork_config : &default_config;
 }
 
-int fork_new(struct proxy_request *req, struct fork **ret) {
-        struct proxy *p = req->proxy;
+/* A MESSAGE worth storing: not an is-composing notice, not one that asks not to be kept. */
+static bool message_storable(const sip_t *sip) {
+        if (sip->sip_expires && sip->sip_expires->ex_delta == 0)
+                return false;
+        return !(sip->sip_content_type && sip->sip_content_type->c_type &&
+                 strcasecmp(sip->sip_content_type->c_type, "application/im-iscomposing+xml") == 0);
+}
+
+static struct fork *fork_alloc(struct proxy *p, msg_t *request, const char *aor) {
         struct fork *f = calloc(1, sizeof *f);
         if (!f)
-                return -ENOMEM;
+                return NULL;
         f->proxy = p;
-        f->req = req;
         f->config = config_of(p);
-        f->invite = req->sip->sip_request->rq_method == sip_method_invite;
+        f->request = msg_ref_create(request);
+        const sip_t *sip = sip_object(request);
+        sip_method_t method = sip->sip_request->rq_method;
+        f->invite = method == sip_method_invite;
+        f->kind = f->invite ? FORK_CALL : method == sip_method_message ? FORK_MESSAGE : FORK_BASIC;
+        if (aor) {
+                if (f->kind == FORK_CALL)
+                        f->late = f->config->fork_late;
+                else if (f->kind == FORK_MESSAGE)
+                        f->late = f->config->message_fork_late && message_storable(sip);
+        }
+        if (f->late && !(f->aor = strdup(aor))) {
+                msg_destroy(f->request);
+                free(f);
+                return NULL;
+        }
+        f->received_at = realtime_msec();
+        return f;
+}
+
+int fork_new(struct proxy_request *req, const char *aor, struct fork **ret) {
+        struct fork *f = fork_alloc(req->proxy, req->msg, aor);
+        if (!f)
+                return -ENOMEM;
+        f->req = req;
+        f->origin = (struct proxy_origin){
+                .next_module = req->next_module,
+                .log_ctx = req->log_ctx,
+                .in_primary = req->in_primary,
+        };
         *ret = f;
         return 0;
+}
+
+bool fork_is_late(struct fork *f) {
+        return f->late;
+}
+
+bool fork_is_stored_message(struct fork *f) {
+        return f->late && f->kind == FORK_MESSAGE;
 }
 
 static void target_done(struct target *t) {
@@ -127,6 +213,7 @@ static void branch_free(struct fork_branch *b) {
         loop_timer_free(b->timer_c);
         free(b->uri);
         free(b->uid);
+        strv_free(b->routes);
         free(b);
 }
 
@@ -141,9 +228,13 @@ static void fork_free(struct fork *f) {
                 target_done(&f->targets[i]);
         free(f->targets);
         loop_timer_free(f->group_timer);
+        loop_timer_free(f->late_timer);
+        loop_timer_free(f->accept_timer);
         if (f->best)
                 msg_destroy(f->best);
         free(f->cancel_reason);
+        key_unlink(f);
+        free(f->aor);
         if (f->started) {
                 if (f->prev)
                         f->prev->next = f->next;
@@ -154,11 +245,13 @@ static void fork_free(struct fork *f) {
                 p->n_forks--;
         }
         struct proxy_request *req = f->req;
+        msg_t *request = f->request;
         free(f);
         if (req) {
                 req->fork = NULL;
                 proxy_request_resume(req, MODULE_STOP);
         }
+        msg_destroy(request);
 }
 
 void fork_abandon(struct fork *f) {
@@ -172,9 +265,15 @@ void fork_abandon(struct fork *f) {
 /* ---- upstream ---- */
 
 static void send_upstream(struct fork *f, int status, const char *phrase, msg_t *msg) {
-        nta_incoming_t *irq = f->req->irq;
         if (status >= 200)
                 f->final_status = status;
+        if (!f->req) {
+                /* A stored message answered before, or restored from the store. */
+                if (msg)
+                        msg_destroy(msg);
+                return;
+        }
+        nta_incoming_t *irq = f->req->irq;
         if (msg) {
                 if (nta_incoming_mreply(irq, msg) < 0)
                         log_debug("Failed to relay a %d response.", status);
@@ -208,7 +307,18 @@ static int response_rank(int status) {
         return status / 100;
 }
 
+/* In fork-late mode, 503 and 408 mean "device unreachable": the branch still waits for the
+ * device to register again. */
+static bool unreachable(int status) {
+        return status == 503 || status == 408;
+}
+
 static void keep_best(struct fork *f, int status, const char *phrase, msg_t *msg) {
+        if (f->late && unreachable(status) && !f->late_expired) {
+                if (msg)
+                        msg_destroy(msg);
+                return;
+        }
         if (f->best_status && response_rank(status) >= response_rank(f->best_status)) {
                 if (msg)
                         msg_destroy(msg);
@@ -226,7 +336,11 @@ static void send_best(struct fork *f) {
         msg_t *msg = TAKE_PTR(f->best);
         if (!status) {
                 /* No branch answered: everything was cancelled, or there was nothing to try. */
-                if (f->cancelling)
+                if (f->kind == FORK_MESSAGE && f->late)
+                        send_upstream(f, 202, "Accepted", NULL);
+                else if (f->late && f->late_expired)
+                        send_upstream(f, SIP_408_REQUEST_TIMEOUT, NULL);
+                else if (f->cancelling)
                         send_upstream(f, SIP_487_REQUEST_TERMINATED, NULL);
                 else
                         send_upstream(f, SIP_480_TEMPORARILY_UNAVAILABLE, NULL);
@@ -262,7 +376,8 @@ static void cancel_pending(struct fork *f, const char *reason) {
                 branch_cancel(b, reason);
 }
 
-static void branch_final(struct fork_branch *b, int status, const char *phrase, msg_t *msg) {
+static void branch_final_inner(struct fork_branch *b, int status, const char *phrase,
+                               msg_t *msg) {
         struct fork *f = b->fork;
         if (b->done) {
                 /* A 2xx retransmission or a second 2xx of a forked INVITE. */
@@ -283,6 +398,10 @@ static void branch_final(struct fork_branch *b, int status, const char *phrase, 
                 phrase = sip_408_Request_timeout;
         }
 
+        if (f->store_id && f->proxy->message_store && b->uid &&
+            !(f->late && unreachable(status)) &&
+            message_store_delivered(f->proxy->message_store, f->store_id, b->uid, status) < 0)
+                log_warning("Failed to record the delivery of a stored message to '%s'.", b->uid);
         if (status < 300) {
                 if (!f->final_status)
                         send_upstream(f, status, phrase, msg);
@@ -292,8 +411,8 @@ static void branch_final(struct fork_branch *b, int status, const char *phrase, 
                         msg_destroy(msg);
                 if (f->invite)
                         cancel_pending(f, REASON_CALL_COMPLETED);
-                else
-                        f->cancelling = true;
+                else if (!(f->kind == FORK_MESSAGE && f->late))
+                        f->cancelling = true; /* a stored message goes on to the other devices */
                 return;
         }
         if (f->final_status) {
@@ -306,10 +425,20 @@ static void branch_final(struct fork_branch *b, int status, const char *phrase, 
                 cancel_pending(f, REASON_BUSY_EVERYWHERE);
 }
 
+static void branch_final(struct fork_branch *b, int status, const char *phrase, msg_t *msg) {
+        struct fork *f = b->fork;
+        bool was_done = b->done;
+        branch_final_inner(b, status, phrase, msg);
+        /* A stored message reached the device (or was refused for good): the next one to it. */
+        if (!was_done && f->kind == FORK_MESSAGE && f->late && f->key && b->uid &&
+            !unreachable(b->status))
+                pump(f->proxy->fork_index, f->key, b->uid);
+}
+
 static void on_timer_c(struct loop_timer *t, void *userdata) {
         struct fork_branch *b = userdata;
         struct fork *f = b->fork;
-        log_set_sip_context(&f->req->log_ctx);
+        log_set_sip_context(&f->origin.log_ctx);
         f->busy++;
         log_info("Timer C fired on branch '%s'.", b->uri);
         if (b->status > 100 && !b->cancelled) {
@@ -334,7 +463,7 @@ static int on_branch_response(struct fork_branch *b, nta_outgoing_t *orq, const 
         struct fork *f = b->fork;
         int status = sip->sip_status->st_status;
 
-        log_set_sip_context(&f->req->log_ctx);
+        log_set_sip_context(&f->origin.log_ctx);
         f->busy++;
         if (nta_sip_is_internal(sip)) {
                 /* nta's own 408 (timeout) or 503 (transport error). */
@@ -380,7 +509,8 @@ void fork_branch_send(struct fork_branch *b, msg_t *msg) {
         struct proxy *p = f->proxy;
         f->busy++;
         b->sent = true;
-        if (b->cancelled || f->final_status) {
+        /* A stored message goes on after the sender's answer (202); a call does not. */
+        if (b->cancelled || (f->final_status && !(f->kind == FORK_MESSAGE && f->late))) {
                 msg_destroy(msg);
                 branch_final(b, SIP_487_REQUEST_TERMINATED, NULL);
                 goto out;
@@ -420,14 +550,16 @@ void fork_branch_chain_done(struct fork_branch *b) {
         fork_check(f);
 }
 
-static int branch_new(struct fork *f, const char *uri, const char *uid, struct fork_branch **ret) {
+static int branch_new(struct fork *f, const char *uri, const char *uid, char *const *routes,
+                      struct fork_branch **ret) {
         struct fork_branch *b = calloc(1, sizeof *b);
         if (!b)
                 return -ENOMEM;
         b->fork = f;
         b->uri = strdup(uri);
         b->uid = uid ? strdup(uid) : NULL;
-        if (!b->uri || (uid && !b->uid)) {
+        b->routes = routes ? strv_copy(routes) : NULL;
+        if (!b->uri || (uid && !b->uid) || (routes && !b->routes)) {
                 branch_free(b);
                 return -ENOMEM;
         }
@@ -442,21 +574,21 @@ static int branch_new(struct fork *f, const char *uri, const char *uid, struct f
 
 /* The branch request: the incoming request with the target as Request-URI and the binding's
  * Path as Route. */
-static msg_t *branch_message(struct fork *f, const struct target *t) {
-        msg_t *msg = msg_copy(f->req->msg);
+static msg_t *branch_message(struct fork *f, const char *uri, char *const *routes) {
+        msg_t *msg = msg_copy(f->request);
         if (!msg)
                 return NULL;
         sip_t *sip = sip_object(msg);
         su_home_t *home = msg_home(msg);
         const sip_request_t *rq = sip->sip_request;
         sip_request_t *nrq = sip_request_create(home, rq->rq_method, rq->rq_method_name,
-                                                URL_STRING_MAKE(t->uri), NULL);
+                                                URL_STRING_MAKE(uri), NULL);
         if (!nrq || msg_header_replace(msg, (msg_pub_t *)sip, (msg_header_t *)sip->sip_request,
                                        (msg_header_t *)nrq) < 0)
                 goto fail;
-        size_t n = strv_length(t->routes);
+        size_t n = strv_length(routes);
         for (size_t i = n; i > 0; i--) {
-                sip_route_t *r = sip_route_make(home, t->routes[i - 1]);
+                sip_route_t *r = sip_route_make(home, routes[i - 1]);
                 if (!r || msg_header_insert(msg, (msg_pub_t *)sip, (msg_header_t *)r) < 0)
                         goto fail;
         }
@@ -466,22 +598,41 @@ fail:
         return NULL;
 }
 
-static void start_target(struct fork *f, const struct target *t) {
-        struct fork_branch *b;
-        if (branch_new(f, t->uri, t->uid, &b) < 0) {
-                log_oom();
-                return;
-        }
-        msg_t *msg = branch_message(f, t);
+/* Sends the branch request into the chain (after Router). */
+static void branch_dispatch(struct fork_branch *b) {
+        struct fork *f = b->fork;
+        b->queued = false;
+        msg_t *msg = branch_message(f, b->uri, b->routes);
         if (!msg) {
-                log_warning("Cannot make a request for target '%s', skipping.", t->uri);
+                log_warning("Cannot make a request for target '%s', skipping.", b->uri);
                 b->done = true;
                 b->status = 500;
                 return;
         }
-        log_debug("Branch to '%s' (q=%u).", t->uri, t->q);
+        log_debug("Branch to '%s'.", b->uri);
         b->in_chain = true;
-        proxy_request_branch(f->req, b, msg);
+        proxy_request_branch(f->proxy, &f->origin, b, msg);
+}
+
+static struct fork_branch *start_branch(struct fork *f, const char *uri, const char *uid,
+                                        char *const *routes) {
+        struct fork_branch *b;
+        if (branch_new(f, uri, uid, routes, &b) < 0) {
+                log_oom();
+                return NULL;
+        }
+        if (f->kind == FORK_MESSAGE && f->late && uid && f->key) {
+                /* One stored message in flight per device, oldest first. */
+                b->queued = true;
+                pump(f->proxy->fork_index, f->key, uid);
+        } else
+                branch_dispatch(b);
+        return b;
+}
+
+static void start_target(struct fork *f, const struct target *t) {
+        log_debug("Target '%s' (q=%u).", t->uri, t->q);
+        start_branch(f, t->uri, t->uid, t->routes);
 }
 
 static void start_next_group(struct fork *f) {
@@ -496,7 +647,7 @@ static void start_next_group(struct fork *f) {
 
 static void on_group_timer(struct loop_timer *t, void *userdata) {
         struct fork *f = userdata;
-        log_set_sip_context(&f->req->log_ctx);
+        log_set_sip_context(&f->origin.log_ctx);
         f->busy++;
         if (!f->final_status && !f->cancelling) {
                 log_debug("No final answer within %" PRIu64 " ms: next group.",
@@ -506,6 +657,20 @@ static void on_group_timer(struct loop_timer *t, void *userdata) {
         f->busy--;
         fork_check(f);
         log_set_sip_context(NULL);
+}
+
+/* Does the fork wait for devices to register (again)? */
+static bool late_waiting(struct fork *f) {
+        if (!f->late || f->late_expired)
+                return false;
+        if (f->kind == FORK_CALL && (f->cancelling || f->final_status))
+                return false;
+        if (!f->branches)
+                return f->kind == FORK_MESSAGE; /* no device yet */
+        for (struct fork_branch *b = f->branches; b; b = b->next)
+                if (!b->superseded && b->done && unreachable(b->status))
+                        return true;
+        return false;
 }
 
 /* Runs at the end of every entry point: next group, final answer, end of the fork. */
@@ -524,21 +689,41 @@ static void fork_check(struct fork *f) {
                         start_next_group(f);
                         continue;
                 }
+                if (late_waiting(f)) {
+                        /* Every device answered, some are unreachable: a MESSAGE sender
+                         * learns now that it was accepted. */
+                        if (f->kind == FORK_MESSAGE && !f->final_status)
+                                send_upstream(f, 202, "Accepted", NULL);
+                        break;
+                }
                 if (!f->final_status)
                         send_best(f);
                 f->freed = true;
+                if (f->store_id && f->proxy->message_store &&
+                    message_store_remove(f->proxy->message_store, f->store_id) < 0)
+                        log_warning("Failed to remove a delivered message from the store.");
                 break;
         }
         f->busy--;
-        if (f->freed)
+        if (f->freed) {
                 fork_free(f);
+                return;
+        }
+        if (f->req && f->final_status && f->kind == FORK_MESSAGE && f->late) {
+                /* Answered: the sender's transaction ends, the message waits on. */
+                struct proxy_request *req = f->req;
+                f->req = NULL;
+                req->fork = NULL;
+                proxy_request_resume(req, MODULE_STOP);
+        }
 }
 
 /* From here on the fork owns the request and is listed by the proxy. */
 static void fork_link(struct fork *f) {
         struct proxy *p = f->proxy;
         f->started = true;
-        f->req->fork = f;
+        if (f->req)
+                f->req->fork = f;
         f->next = p->forks;
         if (p->forks)
                 p->forks->prev = f;
@@ -546,11 +731,41 @@ static void fork_link(struct fork *f) {
         p->n_forks++;
 }
 
+/* The fork-late part of a start: index, store, timers. */
+static void late_start(struct fork *f) {
+        struct proxy *p = f->proxy;
+        uint64_t now = realtime_msec();
+        if (key_link(f) < 0) {
+                log_oom();
+                f->late = false;
+                return;
+        }
+        if (!f->expires_at)
+                f->expires_at = now + (f->kind == FORK_CALL ? f->config->call_fork_timeout_ms
+                                                            : f->config->message_delivery_timeout_ms);
+        if (loop_timer_new(daemon_loop(p->daemon), on_late_timer, f, &f->late_timer) >= 0)
+                loop_timer_arm(f->late_timer, f->expires_at > now ? f->expires_at - now : 0);
+        if (f->kind != FORK_MESSAGE || f->final_status)
+                return;
+        if (loop_timer_new(daemon_loop(p->daemon), on_accept_timer, f, &f->accept_timer) >= 0)
+                loop_timer_arm(f->accept_timer, f->config->message_accept_timeout_ms);
+        if (!p->message_store)
+                return;
+        size_t len = 0;
+        _cleanup_free_ char *text = msg_as_string(NULL, f->request, NULL, 0, &len);
+        if (!text || message_store_add(p->message_store, f->aor, f->received_at, f->expires_at,
+                                       text, len, &f->store_id) < 0)
+                log_warning("Failed to store a message for '%s': kept in memory only.", f->aor);
+}
+
 void fork_start(struct fork *f) {
         struct proxy *p = f->proxy;
         fork_link(f);
+        if (f->late)
+                late_start(f);
 
-        qsort(f->targets, f->n_targets, sizeof *f->targets, target_compare);
+        if (f->n_targets > 1)
+                qsort(f->targets, f->n_targets, sizeof *f->targets, target_compare);
         if (f->n_targets > 1 && f->targets[0].q != f->targets[f->n_targets - 1].q &&
             loop_timer_new(daemon_loop(p->daemon), on_group_timer, f, &f->group_timer) < 0)
                 log_oom();
@@ -566,12 +781,12 @@ void fork_start(struct fork *f) {
 int fork_relay(struct proxy_request *req, msg_t *msg) {
         struct fork *f;
         struct fork_branch *b;
-        int r = fork_new(req, &f);
+        int r = fork_new(req, NULL, &f);
         if (r < 0)
                 return r;
         const url_t *u = sip_object(msg)->sip_request->rq_url;
         _cleanup_free_ char *uri = url_as_string(NULL, u);
-        r = uri ? branch_new(f, uri, NULL, &b) : -ENOMEM;
+        r = uri ? branch_new(f, uri, NULL, NULL, &b) : -ENOMEM;
         if (r < 0) {
                 fork_abandon(f);
                 return r;
@@ -603,11 +818,384 @@ unsigned fork_count(struct proxy *p) {
 void fork_free_all(struct proxy *p) {
         while (p->forks) {
                 struct fork *f = p->forks;
-                if (!f->final_status)
+                if (!f->final_status && f->store_id)
+                        send_upstream(f, 202, "Accepted", NULL); /* it lives on in the store */
+                else if (!f->final_status)
                         send_upstream(f, SIP_500_INTERNAL_SERVER_ERROR, NULL);
                 for (struct fork_branch *b = f->branches; b; b = b->next)
                         b->in_chain = false;
                 f->freed = true;
                 fork_free(f);
         }
+        if (p->fork_index) {
+                free(p->fork_index->buckets);
+                free(p->fork_index);
+                p->fork_index = NULL;
+        }
+}
+
+/* ---- fork-late: the index of late forks by AOR ---- */
+
+static size_t key_hash(const char *aor) {
+        size_t h = 14695981039346656037ULL; /* FNV-1a */
+        for (const unsigned char *c = (const unsigned char *)aor; *c; c++)
+                h = (h ^ *c) * 1099511628211ULL;
+        return h;
+}
+
+static struct late_key *key_find(struct fork_index *ix, const char *aor) {
+        if (!ix || !ix->n_buckets)
+                return NULL;
+        for (struct late_key *k = ix->buckets[key_hash(aor) % ix->n_buckets]; k; k = k->next)
+                if (streq(k->aor, aor))
+                        return k;
+        return NULL;
+}
+
+static int index_grow(struct fork_index *ix) {
+        size_t n = ix->n_buckets ? ix->n_buckets * 2 : 256;
+        struct late_key **b = calloc(n, sizeof *b);
+        if (!b)
+                return -ENOMEM;
+        for (size_t i = 0; i < ix->n_buckets; i++)
+                while (ix->buckets[i]) {
+                        struct late_key *k = ix->buckets[i];
+                        ix->buckets[i] = k->next;
+                        size_t j = key_hash(k->aor) % n;
+                        k->next = b[j];
+                        b[j] = k;
+                }
+        free(ix->buckets);
+        ix->buckets = b;
+        ix->n_buckets = n;
+        return 0;
+}
+
+static int key_link(struct fork *f) {
+        struct proxy *p = f->proxy;
+        if (!p->fork_index && !(p->fork_index = calloc(1, sizeof *p->fork_index)))
+                return -ENOMEM;
+        struct fork_index *ix = p->fork_index;
+        struct late_key *k = key_find(ix, f->aor);
+        if (!k) {
+                if (ix->n_keys >= ix->n_buckets && index_grow(ix) < 0)
+                        return -ENOMEM;
+                k = calloc(1, sizeof *k);
+                if (!k || !(k->aor = strdup(f->aor))) {
+                        free(k);
+                        return -ENOMEM;
+                }
+                size_t j = key_hash(k->aor) % ix->n_buckets;
+                k->next = ix->buckets[j];
+                ix->buckets[j] = k;
+                ix->n_keys++;
+        }
+        f->key = k;
+        f->key_prev = k->last;
+        if (k->last)
+                k->last->key_next = f;
+        else
+                k->first = f;
+        k->last = f;
+        if (f->kind == FORK_MESSAGE) {
+                size_t len = 0;
+                _cleanup_free_ char *text = msg_as_string(NULL, f->request, NULL, 0, &len);
+                f->size = len;
+                k->n_messages++;
+                ix->n_messages++;
+                ix->message_bytes += f->size;
+        }
+        return 0;
+}
+
+static void key_unlink(struct fork *f) {
+        struct late_key *k = f->key;
+        if (!k)
+                return;
+        struct fork_index *ix = f->proxy->fork_index;
+        if (f->key_prev)
+                f->key_prev->key_next = f->key_next;
+        else
+                k->first = f->key_next;
+        if (f->key_next)
+                f->key_next->key_prev = f->key_prev;
+        else
+                k->last = f->key_prev;
+        if (f->kind == FORK_MESSAGE) {
+                k->n_messages--;
+                ix->n_messages--;
+                ix->message_bytes -= f->size;
+        }
+        f->key = NULL;
+        if (k->first)
+                return;
+        struct late_key **pp = &ix->buckets[key_hash(k->aor) % ix->n_buckets];
+        while (*pp != k)
+                pp = &(*pp)->next;
+        *pp = k->next;
+        ix->n_keys--;
+        free(k->aor);
+        free(k);
+}
+
+int fork_message_admit(struct proxy *p, const char *aor, size_t size, const char **warning) {
+        const struct fork_config *c = config_of(p);
+        struct fork_index *ix = p->fork_index;
+        struct late_key *k = key_find(ix, aor);
+        if (c->max_stored_message_size && size > c->max_stored_message_size) {
+                *warning = "399 sipfleet \"Message too large to be stored\"";
+                return 513;
+        }
+        if (k && c->max_pending_messages_per_aor > 0 &&
+            k->n_messages >= (uint64_t)c->max_pending_messages_per_aor) {
+                *warning = "399 sipfleet \"Too many messages waiting for this address\"";
+                return 486;
+        }
+        if (ix && c->max_store_size && ix->message_bytes + size > c->max_store_size) {
+                *warning = "399 sipfleet \"Message store full\"";
+                return 503;
+        }
+        return 0;
+}
+
+unsigned fork_n_pending_messages(struct proxy *p) {
+        return p->fork_index ? p->fork_index->n_messages : 0;
+}
+
+/* The branch now standing for device uid: the newest one not replaced. */
+static struct fork_branch *current_branch(struct fork *f, const char *uid) {
+        struct fork_branch *found = NULL;
+        for (struct fork_branch *b = f->branches; b; b = b->next)
+                if (b->uid && !b->superseded && streq(b->uid, uid))
+                        found = b;
+        return found;
+}
+
+/* Sends the oldest stored message device uid has not received yet, unless one is in flight or
+ * the device was found unreachable (then it waits for its next registration). */
+static void pump(struct fork_index *ix, struct late_key *k, const char *uid) {
+        for (struct fork *f = k->first; f; f = f->key_next) {
+                if (f->kind != FORK_MESSAGE || f->freed || f->late_expired)
+                        continue;
+                struct fork_branch *b = current_branch(f, uid);
+                if (!b)
+                        continue;
+                if (b->queued) {
+                        f->busy++;
+                        branch_dispatch(b);
+                        f->busy--;
+                        fork_check(f);
+                        return;
+                }
+                if (!b->done || b->in_chain || unreachable(b->status))
+                        return;
+        }
+}
+
+static void on_accept_timer(struct loop_timer *t, void *userdata) {
+        struct fork *f = userdata;
+        log_set_sip_context(&f->origin.log_ctx);
+        if (!f->final_status) {
+                log_info("No answer within message-accept-timeout: 202 to the sender.");
+                f->busy++;
+                send_upstream(f, 202, "Accepted", NULL);
+                f->busy--;
+                fork_check(f);
+        }
+        log_set_sip_context(NULL);
+}
+
+static void on_late_timer(struct loop_timer *t, void *userdata) {
+        struct fork *f = userdata;
+        log_set_sip_context(&f->origin.log_ctx);
+        f->busy++;
+        f->late_expired = true;
+        unsigned waiting = 0;
+        for (struct fork_branch *b = f->branches; b; b = b->next) {
+                if (b->superseded)
+                        continue;
+                if (b->queued) {
+                        b->queued = false;
+                        b->done = true;
+                        b->status = 408;
+                }
+                if (!b->done || unreachable(b->status))
+                        waiting++;
+        }
+        if (f->kind == FORK_MESSAGE)
+                log_notice("Message for '%s' expired: dropped, %u device(s) did not get it%s.",
+                           f->aor, waiting, f->branches ? "" : " (no device registered)");
+        else
+                log_info("call-fork-timeout: ending the call fork for '%s'.", f->aor);
+        cancel_pending(f, NULL);
+        f->busy--;
+        fork_check(f);
+        log_set_sip_context(NULL);
+}
+
+static bool contact_secure(const char *uri) {
+        if (strncasecmp(uri, "sips:", 5) == 0)
+                return true;
+        const char *t = strcasestr(uri, ";transport=");
+        return t && strncasecmp(t + 11, "tls", 3) == 0;
+}
+
+static void late_register_one(struct fork *f, const struct registrar_record *rec) {
+        if (f->late_expired || f->freed)
+                return;
+        if (f->kind == FORK_CALL && (f->final_status || f->cancelling))
+                return;
+        const url_t *ruri = sip_object(f->request)->sip_request->rq_url;
+        bool sips = ruri->url_type == url_sips;
+        for (size_t i = 0; i < rec->n_bindings; i++) {
+                const struct registrar_binding *bd = &rec->bindings[i];
+                if (!bd->unique_id || (sips && !contact_secure(bd->contact)))
+                        continue;
+                struct fork_branch *b = current_branch(f, bd->unique_id);
+                if (!b) {
+                        log_info("Device '%s' of '%s' registered: new branch.", bd->unique_id,
+                                 f->aor);
+                        start_branch(f, bd->contact, bd->unique_id, bd->path);
+                } else if (b->queued) {
+                        /* Not sent yet: it goes to where the device is now. */
+                        char *uri = strdup(bd->contact);
+                        char **routes = bd->path ? strv_copy(bd->path) : NULL;
+                        if (!uri || (bd->path && !routes)) {
+                                free(uri);
+                                strv_free(routes);
+                                continue;
+                        }
+                        free(b->uri);
+                        strv_free(b->routes);
+                        b->uri = uri;
+                        b->routes = routes;
+                } else if (b->done) {
+                        if (!unreachable(b->status))
+                                continue; /* it answered */
+                        log_info("Device '%s' of '%s' registered again: sending again.",
+                                 bd->unique_id, f->aor);
+                        b->superseded = true;
+                        start_branch(f, bd->contact, bd->unique_id, bd->path);
+                } else if (b->status <= 100 && !registrar_uri_equal(b->uri, bd->contact)) {
+                        /* Silent, and it moved (new connection, new address). */
+                        log_info("Device '%s' of '%s' moved: sending again.", bd->unique_id,
+                                 f->aor);
+                        if (f->invite)
+                                branch_cancel(b, NULL);
+                        b->superseded = true;
+                        start_branch(f, bd->contact, bd->unique_id, bd->path);
+                }
+        }
+}
+
+void fork_late_on_register(struct proxy *p, const struct registrar_record *rec) {
+        struct late_key *k = key_find(p->fork_index, rec->aor);
+        if (!k)
+                return;
+        size_t n = 0;
+        for (struct fork *f = k->first; f; f = f->key_next)
+                n++;
+        _cleanup_free_ struct fork **v = calloc(n, sizeof *v);
+        if (!v) {
+                log_oom();
+                return;
+        }
+        n = 0;
+        for (struct fork *f = k->first; f; f = f->key_next) {
+                v[n++] = f;
+                f->busy++;
+        }
+        for (size_t i = 0; i < n; i++) {
+                log_set_sip_context(&v[i]->origin.log_ctx);
+                late_register_one(v[i], rec);
+        }
+        log_set_sip_context(NULL);
+        for (size_t i = 0; i < rec->n_bindings; i++)
+                if (rec->bindings[i].unique_id)
+                        pump(p->fork_index, k, rec->bindings[i].unique_id);
+        for (size_t i = 0; i < n; i++) {
+                v[i]->busy--;
+                fork_check(v[i]);
+        }
+}
+
+int fork_restore(struct proxy *p, const struct message_store_entry *e) {
+        msg_t *msg = msg_make(sip_default_mclass(), 0, e->data, (ssize_t)e->len);
+        const sip_t *sip = msg ? sip_object(msg) : NULL;
+        if (!sip || !sip->sip_request || sip->sip_request->rq_method != sip_method_message ||
+            !sip->sip_call_id || !sip->sip_via) {
+                if (msg)
+                        msg_destroy(msg);
+                return -EBADMSG;
+        }
+        struct fork *f = fork_alloc(p, msg, e->aor);
+        msg_destroy(msg); /* the fork holds its reference */
+        if (!f)
+                return -ENOMEM;
+        f->late = true;
+        if (!f->aor && !(f->aor = strdup(e->aor))) {
+                f->freed = true;
+                fork_free(f);
+                return -ENOMEM;
+        }
+        f->origin.next_module = f->config->chain_next;
+        proxy_log_context(sip_object(f->request), msg_home(f->request), &f->origin.log_ctx);
+        f->store_id = e->id;
+        f->received_at = e->received_at;
+        f->expires_at = e->expires_at;
+        f->final_status = 202; /* the sender got its answer before the restart */
+        STRV_FOREACH(d, e->delivered) {
+                struct fork_branch *b;
+                if (branch_new(f, "", *d, NULL, &b) < 0) {
+                        f->freed = true;
+                        fork_free(f);
+                        return -ENOMEM;
+                }
+                b->done = b->sent = true;
+                b->status = 200;
+        }
+        fork_link(f);
+        late_start(f);
+        return 0;
+}
+
+struct json_t *fork_pending_messages(struct proxy *p, const char *aor) {
+        json_t *a = json_array();
+        struct fork_index *ix = p->fork_index;
+        uint64_t now = realtime_msec();
+        for (size_t i = 0; a && ix && i < ix->n_buckets; i++)
+                for (struct late_key *k = ix->buckets[i]; k; k = k->next) {
+                        if (aor && !streq(k->aor, aor))
+                                continue;
+                        for (struct fork *f = k->first; f; f = f->key_next) {
+                                if (f->kind != FORK_MESSAGE)
+                                        continue;
+                                const sip_t *sip = sip_object(f->request);
+                                json_t *delivered = json_array(), *waiting = json_array();
+                                for (struct fork_branch *b = f->branches; b; b = b->next) {
+                                        if (!b->uid || b->superseded)
+                                                continue;
+                                        bool got = b->done && !unreachable(b->status);
+                                        json_array_append_new(got ? delivered : waiting,
+                                                              json_string(b->uid));
+                                }
+                                _cleanup_free_ char *from =
+                                        sip->sip_from ? url_as_string(NULL, sip->sip_from->a_url)
+                                                      : NULL;
+                                json_array_append_new(
+                                        a, json_pack("{s:I, s:s, s:s?, s:s?, s:I, s:I, s:I, s:o, s:o}",
+                                                     "id", (json_int_t)f->store_id, "aor", f->aor,
+                                                     "from", from, "call-id",
+                                                     sip->sip_call_id ? sip->sip_call_id->i_id : NULL,
+                                                     "received-at", (json_int_t)(f->received_at / 1000),
+                                                     "waiting-seconds",
+                                                     (json_int_t)((now - f->received_at) / 1000),
+                                                     "expires-in",
+                                                     (json_int_t)(f->expires_at > now
+                                                                          ? (f->expires_at - now) / 1000
+                                                                          : 0),
+                                                     "delivered", delivered, "waiting", waiting));
+                        }
+                }
+        return a;
 }

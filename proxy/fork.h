@@ -14,7 +14,16 @@
  * the other branches are CANCELled with Reason cause=200; a 6xx cancels them with cause=600
  * (unless no-global-decline); otherwise the best final response (§16.7) is sent when every
  * branch has answered. A CANCEL from the caller is propagated with its Reason. Timer C guards
- * each INVITE branch. */
+ * each INVITE branch.
+ *
+ * Fork-late ([module::Router] fork-late, message-fork-late): a fork indexed by its AOR stays
+ * open after its branches answered 503 or 408 (device unreachable), or, for a MESSAGE, had no
+ * device at all; when a device of that AOR registers (fork_late_on_register) it gets a branch:
+ * a new device a new one, an unreachable or moved one the request again, one that answered
+ * nothing more. Calls wait call-fork-timeout; MESSAGEs get 202 Accepted after
+ * message-accept-timeout, wait message-delivery-timeout, reach each device once and in the
+ * order they were received (one message in flight per device), and are kept in the message
+ * store so that a restart loses none (fork_restore). */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -30,7 +39,21 @@ struct fork_config {
         uint64_t group_timeout_ms; /* next q-group after this long without a final answer */
         uint64_t timer_c_ms;       /* RFC 3261 Timer C for INVITE branches */
         bool no_global_decline;    /* a 6xx does not cancel the other branches */
+        bool fork_late;            /* INVITE */
+        bool message_fork_late;
+        uint64_t call_fork_timeout_ms;
+        uint64_t message_delivery_timeout_ms;
+        uint64_t message_accept_timeout_ms;
+        int64_t max_pending_messages_per_aor;
+        uint64_t max_stored_message_size;
+        uint64_t max_store_size; /* bytes of pending messages in all */
+        size_t chain_next;       /* the module after Router: where branch requests start */
 };
+
+struct message_store;
+struct message_store_entry;
+struct registrar_record;
+struct json_t;
 
 struct fork_target {
         const char *uri;     /* Request-URI of the branch */
@@ -39,8 +62,16 @@ struct fork_target {
         const char *uid;     /* device unique id; may be NULL */
 };
 
-/* req: an incoming request suspended in the chain. The fork takes it over at fork_start(). */
-int fork_new(struct proxy_request *req, struct fork **ret);
+/* req: an incoming request suspended in the chain. The fork takes it over at fork_start().
+ * aor: the address the request was routed for (fork-late index key), NULL for none. */
+int fork_new(struct proxy_request *req, const char *aor, struct fork **ret);
+/* Will this fork wait for devices (fork-late)? Decided at fork_new from the method, the
+ * configuration and, for MESSAGE, the content (no is-composing, no Expires: 0). */
+bool fork_is_late(struct fork *f);
+bool fork_is_stored_message(struct fork *f);
+/* Before storing one more MESSAGE for aor: 0, or the status to answer with (486: too many
+ * pending for aor, 513: too large, 503: the store is full) and a Warning text. */
+int fork_message_admit(struct proxy *p, const char *aor, size_t size, const char **warning);
 int fork_add_target(struct fork *f, const struct fork_target *t);
 size_t fork_n_targets(struct fork *f);
 /* Starts the first group. From here on the fork answers and ends the request. */
@@ -63,6 +94,15 @@ void fork_branch_chain_done(struct fork_branch *b);
 /* The caller CANCELled (reason: its Reason header, may be NULL). */
 void fork_cancel(struct fork *f, const sip_reason_t *reason);
 
-/* Forks still alive; fork_free_all() ends them all at shutdown (500 to the callers). */
+/* A device of aor registered (rec: its current bindings): late forks of aor get branches. */
+void fork_late_on_register(struct proxy *p, const struct registrar_record *rec);
+/* A pending message from the store, at start-up (oldest first). Returns the AOR's key. */
+int fork_restore(struct proxy *p, const struct message_store_entry *e);
+/* Pending messages (of aor, or all when NULL) as a JSON array, for MESSAGES_PENDING. */
+struct json_t *fork_pending_messages(struct proxy *p, const char *aor);
+unsigned fork_n_pending_messages(struct proxy *p);
+
+/* Forks still alive; fork_free_all() ends them all at shutdown (500 to the callers; 202 for
+ * stored messages, which live on in the store). */
 unsigned fork_count(struct proxy *p);
 void fork_free_all(struct proxy *p);

@@ -54,11 +54,14 @@ int modules_new(struct proxy *p, struct conf *conf, struct module ***ret, size_t
                         "request.method == 'INVITE' && from.uri.domain != 'example.org'; "
                         "see README, Filters); empty = all"};
                 if ((r = conf_add_sections(conf, &section, 1)) < 0 ||
-                    (r = conf_add_table(conf, m->rows, ELEMENTSOF(m->rows), m)) < 0)
+                    (r = conf_add_table(conf, m->rows, ELEMENTSOF(m->rows), m)) < 0 ||
+                    (desc->n_rows > 0 &&
+                     (r = conf_add_table(conf, desc->rows, desc->n_rows, m->state)) < 0)) {
+                        /* A bad row in the table (min > max, a bad default...): a bug. */
+                        log_error_errno(r, "Failed to declare the options of [%s]: %m",
+                                        desc->section);
                         goto fail;
-                if (desc->n_rows > 0 &&
-                    (r = conf_add_table(conf, desc->rows, desc->n_rows, m->state)) < 0)
-                        goto fail;
+                }
         }
         *ret = mods;
         *n = count;

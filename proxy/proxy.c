@@ -295,8 +295,9 @@ void proxy_request_trying(struct proxy_request *req) {
         }
 }
 
-void proxy_request_branch(struct proxy_request *parent, struct fork_branch *b, msg_t *msg) {
-        struct proxy *p = parent->proxy;
+void proxy_request_branch(struct proxy *p, const struct proxy_origin *origin,
+                          struct fork_branch *b, msg_t *msg) {
+        const struct log_sip_context *outer = log_get_sip_context();
         struct proxy_request *req = calloc(1, sizeof *req);
         if (!req) {
                 msg_destroy(msg);
@@ -309,13 +310,26 @@ void proxy_request_branch(struct proxy_request *parent, struct fork_branch *b, m
         req->msg = msg;
         req->sip = sip_object(msg);
         req->branch = b;
-        req->next_module = parent->next_module;
-        req->log_ctx = parent->log_ctx;
-        req->in_primary = parent->in_primary;
+        req->next_module = origin->next_module;
+        req->log_ctx = origin->log_ctx;
+        req->in_primary = origin->in_primary;
         run_chain(req);
-        /* Back in the parent's context (a branch may start from inside another request's
+        /* Back in the caller's context (a branch may start from inside another request's
          * callback). */
-        log_set_sip_context(&parent->log_ctx);
+        log_set_sip_context(outer);
+}
+
+void proxy_log_context(const sip_t *sip, su_home_t *home, struct log_sip_context *ctx) {
+        *ctx = (struct log_sip_context){
+                .call_id = sip->sip_call_id ? sip->sip_call_id->i_id : NULL,
+                .method = sip->sip_request ? sip->sip_request->rq_method_name : NULL,
+        };
+        if (log_get_target() == LOG_TARGET_JOURNAL) {
+                if (sip->sip_from)
+                        ctx->from = url_as_string(home, sip->sip_from->a_url);
+                if (sip->sip_to)
+                        ctx->to = url_as_string(home, sip->sip_to->a_url);
+        }
 }
 
 static void count_request(struct proxy *p, sip_method_t method) {
@@ -383,17 +397,7 @@ static int on_request(struct proxy *p, nta_leg_t *leg, nta_incoming_t *irq, sip_
         }
         if (method == sip_method_invite)
                 nta_incoming_bind(irq, on_incoming_cancel, req);
-        req->log_ctx = (struct log_sip_context){
-                .call_id = sip->sip_call_id ? sip->sip_call_id->i_id : NULL,
-                .method = sip->sip_request->rq_method_name,
-        };
-        if (log_get_target() == LOG_TARGET_JOURNAL) {
-                su_home_t *home = msg_home(req->msg);
-                if (sip->sip_from)
-                        req->log_ctx.from = url_as_string(home, sip->sip_from->a_url);
-                if (sip->sip_to)
-                        req->log_ctx.to = url_as_string(home, sip->sip_to->a_url);
-        }
+        proxy_log_context(sip, msg_home(req->msg), &req->log_ctx);
         run_chain(req);
         return 0;
 }

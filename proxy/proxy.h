@@ -46,9 +46,18 @@ struct proxy {
         const char *contact_correction_param;  /* set by NatHelper; NULL when it is off */
         struct fork *forks;                    /* every live fork (fork.c) */
         unsigned n_forks;
+        struct fork_index *fork_index;         /* late forks by AOR (fork.c) */
+        struct message_store *message_store;   /* set by the Router module; NULL: memory only */
 
         struct stats_counter *count_request[16];
         struct stats_counter *count_reply[16];
+};
+
+/* Where the requests of a fork's branches enter the chain, and what they log with. */
+struct proxy_origin {
+        size_t next_module;
+        struct log_sip_context log_ctx; /* strings on the fork's request */
+        tport_t *in_primary;            /* NULL: unknown (a restored fork) */
 };
 
 /* One incoming request travelling the module chain. */
@@ -85,9 +94,12 @@ int proxy_request_reply(struct proxy_request *req, int status, const char *phras
                         tag_value_t value, ...);
 /* 100 Trying for an INVITE that is going to be relayed (once; nothing for other methods). */
 void proxy_request_trying(struct proxy_request *req);
-/* Runs the chain from parent's next module for one branch of a fork, with msg (ownership
+/* Runs the chain from origin's next module for one branch of a fork, with msg (ownership
  * taken) as the branch's request. */
-void proxy_request_branch(struct proxy_request *parent, struct fork_branch *b, msg_t *msg);
+void proxy_request_branch(struct proxy *p, const struct proxy_origin *origin,
+                          struct fork_branch *b, msg_t *msg);
+/* The log context of a request, with strings on its message's home. */
+void proxy_log_context(const sip_t *sip, su_home_t *home, struct log_sip_context *ctx);
 /* Is this Via sent-by one of our transports? */
 bool proxy_via_is_us(struct proxy *p, const sip_via_t *v);
 /* A Record-Route / Path URI naming this proxy on the primary transport of protocol proto

@@ -34,7 +34,28 @@ struct registrar {
         struct loop_timer *purge_timer;
         struct stats_counter *count_bind, *count_bind_finished;
         struct stats_counter *count_clear, *count_clear_finished;
+        struct {
+                registrar_listener_fn fn;
+                void *userdata;
+        } listeners[REGISTRAR_MAX_LISTENERS];
+        size_t n_listeners;
 };
+
+int registrar_listen(struct registrar *reg, registrar_listener_fn fn, void *userdata) {
+        if (reg->n_listeners >= REGISTRAR_MAX_LISTENERS)
+                return -ENOSPC;
+        reg->listeners[reg->n_listeners].fn = fn;
+        reg->listeners[reg->n_listeners].userdata = userdata;
+        reg->n_listeners++;
+        return 0;
+}
+
+static void notify_listeners(struct registrar *reg, const struct registrar_record *rec) {
+        if (!rec || rec->n_bindings == 0)
+                return;
+        for (size_t i = 0; i < reg->n_listeners; i++)
+                reg->listeners[i].fn(rec, reg->listeners[i].userdata);
+}
 
 enum { DB_INTERNAL, DB_SQLITE };
 static const char *const db_implementations[] = {"internal", "sqlite", NULL};
@@ -71,6 +92,7 @@ struct register_op {
         struct registrar *reg;
         struct proxy_request *req;
         bool echo_path;
+        bool applied; /* contacts were written (not a fetch) */
 };
 
 bool registrar_domain_managed(struct registrar *reg, const char *host) {
@@ -172,8 +194,14 @@ static void on_bind_done(int error, struct registrar_record *rec, void *userdata
                 log_info("REGISTER for '%s': %zu binding(s).", rec->aor, rec->n_bindings);
                 register_reply(op, rec);
         }
-        registrar_record_free(rec);
+        /* Answered first: the device learns it is registered before pending requests reach
+         * it. */
+        struct registrar *reg = op->reg;
+        bool changed = error >= 0 && op->applied;
         register_finish(op);
+        if (changed)
+                notify_listeners(reg, rec);
+        registrar_record_free(rec);
 }
 
 static void on_clear_done(int result, void *userdata) {
@@ -284,6 +312,7 @@ static enum module_result registrar_request(struct module *m, struct proxy_reque
                         .max_contacts = (size_t)reg->max_contacts_by_aor,
                         .now = realtime_msec(),
                 };
+                op->applied = true;
                 r = contacts ? reg->store->ops->apply(reg->store, &u, on_bind_done, op)
                              : -ENOMEM;
                 if (r >= 0)
@@ -303,12 +332,13 @@ static enum module_result registrar_request(struct module *m, struct proxy_reque
 struct cli_op {
         struct registrar *reg;
         struct ctl_request *req;
+        bool notify; /* an upsert: the listeners learn of it */
 };
 
 static struct cli_op *cli_op_new(struct registrar *reg, struct ctl_request *req) {
         struct cli_op *op = malloc(sizeof *op);
         if (op)
-                *op = (struct cli_op){reg, req};
+                *op = (struct cli_op){reg, req, false};
         return op;
 }
 
@@ -320,6 +350,8 @@ static void cli_on_record(int error, struct registrar_record *rec, void *userdat
                 ctl_reply_error(op->req, "Registrar store failed: %s", strerror(-error));
         else
                 ctl_reply(op->req, registrar_record_to_json(rec, realtime_msec()));
+        if (error >= 0 && op->notify)
+                notify_listeners(op->reg, rec);
         registrar_record_free(rec);
         free(op);
 }
@@ -408,6 +440,7 @@ static int cli_command(struct ctl_request *req, int argc, char **argv, void *use
                         .max_contacts = (size_t)reg->max_contacts_by_aor,
                         .now = realtime_msec(),
                 };
+                op->notify = true;
                 r = s->ops->apply(s, &u, cli_on_record, op);
         }
         if (r < 0)

@@ -3,12 +3,17 @@
  * forks them to the bindings found (fork.c), by groups of equal q; static targets and a
  * fallback route complete the target set. 404 for an unknown address, 480 when no binding can
  * be used. Requests for other domains, in-dialog requests and requests with a Route to
- * somewhere else go on to Forward. */
+ * somewhere else go on to Forward. Fork-late and store-and-forward MESSAGE (see fork.h): the
+ * message store, the restore of pending messages at start-up, MESSAGES_PENDING. */
 #define LOG_SUBSYSTEM LOG_router
+#include <inttypes.h>
+#include <jansson.h>
 #include <stdio.h>
 
+#include "ctl.h"
 #include "daemon.h"
 #include "fork.h"
+#include "message-store.h"
 #include "module.h"
 #include "proxy.h"
 #include "registrar-store.h"
@@ -19,10 +24,13 @@ struct router {
         struct fork_config fork;
         char **static_targets;
         char *fallback_route;
+        char *message_database_path;
 
         struct module *module;
         struct stats_counter *count_forks;
         struct stats_counter *count_not_found, *count_unavailable;
+        struct stats_counter *count_stored, *count_refused;
+        unsigned restoring; /* fetches of restored AORs in flight */
 };
 
 #define R(field) offsetof(struct router, field)
@@ -44,6 +52,38 @@ static const struct conf_option router_rows[] = {
         {"module::Router", "fork-no-global-decline", CONF_BOOL, R(fork.no_global_decline), "false",
          0, 0, 0,
          "When true, a 6xx from one device does not cancel the calls to the other devices"},
+        {"module::Router", "fork-late", CONF_BOOL, R(fork.fork_late), "false", 0, 0, 0,
+         "Keep an INVITE open call-fork-timeout for devices that are unreachable (503, 408) or "
+         "register meanwhile: a device registering gets the call"},
+        {"module::Router", "call-fork-timeout", CONF_DURATION, R(fork.call_fork_timeout_ms), "90s",
+         0, 0, 0, "How long a call waits for devices with fork-late", .unit = CONF_UNIT_S},
+        {"module::Router", "message-fork-late", CONF_BOOL, R(fork.message_fork_late), "true", 0, 0,
+         0,
+         "Store-and-forward: a MESSAGE (not is-composing, not Expires: 0) is kept until every "
+         "device of the address got it, including devices registering later"},
+        {"module::Router", "message-delivery-timeout", CONF_DURATION,
+         R(fork.message_delivery_timeout_ms), "7d", 0, 0, 0,
+         "A stored MESSAGE not delivered after this long is dropped (logged)",
+         .unit = CONF_UNIT_S},
+        {"module::Router", "message-accept-timeout", CONF_DURATION,
+         R(fork.message_accept_timeout_ms), "5s", 0, 0, 0,
+         "A stored MESSAGE without a final answer from a device after this long is answered "
+         "202 Accepted (at once when no device is registered)",
+         .unit = CONF_UNIT_S},
+        {"module::Router", "message-database-path", CONF_STRING, R(message_database_path), NULL, 0,
+         0, 0,
+         "SQLite file keeping pending MESSAGEs across restarts; empty = "
+         "$STATE_DIRECTORY/messages.db, else they are kept in memory only with a warning"},
+        {"module::Router", "max-pending-messages-per-aor", CONF_INT,
+         R(fork.max_pending_messages_per_aor), "1000", 1, 1000000, 0,
+         "Stored MESSAGEs waiting for one address at most; more are refused with 486 and a "
+         "Warning"},
+        {"module::Router", "max-stored-message-size", CONF_SIZE, R(fork.max_stored_message_size),
+         "64KiB", 0, 0, 0, "Larger MESSAGEs are not stored: refused with 513"},
+        {"module::Router", "message-store-max-size", CONF_SIZE, R(fork.max_store_size), "256MiB", 0,
+         0, 0,
+         "Bytes of pending MESSAGEs in all; beyond, new ones are refused with 503, Retry-After "
+         "and a Warning"},
 };
 
 struct route_op {
@@ -89,7 +129,7 @@ static void on_fetched(int error, struct registrar_record *rec, void *userdata) 
                 return;
         }
 
-        r = fork_new(req, &f);
+        r = fork_new(req, record->aor, &f);
         if (r < 0)
                 goto oom;
         for (size_t i = 0; i < record->n_bindings; i++) {
@@ -123,7 +163,19 @@ static void on_fetched(int error, struct registrar_record *rec, void *userdata) 
                                                      })) < 0)
                         goto oom;
         }
-        if (fork_n_targets(f) == 0) {
+        if (fork_is_stored_message(f)) {
+                const char *warning = NULL;
+                int status = fork_message_admit(req->proxy, record->aor, msg_size(req->msg),
+                                                &warning);
+                if (status) {
+                        fork_abandon(f);
+                        stats_inc(rt->count_refused);
+                        log_notice("MESSAGE for '%s' not stored: %s.", record->aor, warning);
+                        route_done(op, status, NULL, warning);
+                        return;
+                }
+                stats_inc(rt->count_stored);
+        } else if (fork_n_targets(f) == 0) {
                 fork_abandon(f);
                 if (skipped_insecure > 0) {
                         stats_inc(rt->count_unavailable);
@@ -192,6 +244,108 @@ static enum module_result router_request(struct module *m, struct proxy_request 
         return MODULE_SUSPEND;
 }
 
+/* ---- fork-late ---- */
+
+static void on_registered(const struct registrar_record *rec, void *userdata) {
+        struct router *rt = userdata;
+        fork_late_on_register(rt->module->proxy, rec);
+}
+
+static void on_restore_fetched(int error, struct registrar_record *rec, void *userdata) {
+        _cleanup_(registrar_record_freep) struct registrar_record *record = rec;
+        struct router *rt = userdata;
+        rt->restoring--;
+        if (error < 0) {
+                log_warning_errno(error, "Registrar lookup failed for a restored message: %m");
+                return;
+        }
+        fork_late_on_register(rt->module->proxy, record);
+}
+
+struct restore_ctx {
+        struct router *rt;
+        char **aors;
+        unsigned restored, broken;
+};
+
+static void on_stored_message(const struct message_store_entry *e, void *userdata) {
+        struct restore_ctx *c = userdata;
+        struct proxy *p = c->rt->module->proxy;
+        int r = fork_restore(p, e);
+        if (r < 0) {
+                log_warning_errno(r, "Stored message %" PRId64 " for '%s' cannot be restored, "
+                                     "dropping it: %m", e->id, e->aor);
+                c->broken++;
+                message_store_remove(p->message_store, e->id);
+                return;
+        }
+        c->restored++;
+        if (!strv_contains(c->aors, e->aor) && strv_extend(&c->aors, e->aor) < 0)
+                log_oom();
+}
+
+static int message_store_start(struct router *rt) {
+        struct proxy *p = rt->module->proxy;
+        _cleanup_free_ char *path = NULL;
+        const char *state = getenv("STATE_DIRECTORY");
+        if (!isempty(rt->message_database_path))
+                path = strdup(rt->message_database_path);
+        else if (!isempty(state) &&
+                 asprintf(&path, "%.*s/messages.db", (int)strcspn(state, ":"), state) < 0)
+                path = NULL;
+        if (!path && (!isempty(rt->message_database_path) || !isempty(state)))
+                return log_oom();
+        if (!path) {
+                if (rt->fork.message_fork_late)
+                        log_warning("[module::Router] message-database-path is empty and "
+                                    "$STATE_DIRECTORY is not set: pending messages are kept in "
+                                    "memory only.");
+                return 0;
+        }
+        int r = message_store_open(path, &p->message_store);
+        if (r < 0)
+                return log_error_errno(r, "Failed to open the message database '%s': %m", path);
+
+        struct restore_ctx c = {.rt = rt};
+        r = message_store_load(p->message_store, on_stored_message, &c);
+        if (r < 0) {
+                strv_free(c.aors);
+                return log_error_errno(r, "Failed to read the message database '%s': %m", path);
+        }
+        if (c.restored || c.broken)
+                log_notice("%u pending message(s) restored from '%s' (%u unreadable, dropped).",
+                           c.restored, path, c.broken);
+        /* Devices already registered get them now. */
+        struct registrar *reg = proxy_registrar(p);
+        struct registrar_store *store = reg ? registrar_get_store(reg) : NULL;
+        STRV_FOREACH(a, c.aors)
+                if (store && store->ops->fetch(store, *a, on_restore_fetched, rt) >= 0)
+                        rt->restoring++;
+        strv_free(c.aors);
+        return 0;
+}
+
+static int cli_pending(struct ctl_request *req, int argc, char **argv, void *userdata) {
+        struct router *rt = userdata;
+        if (argc > 2) {
+                ctl_reply_error(req, "Usage: MESSAGES_PENDING [<aor>]");
+                return 0;
+        }
+        _cleanup_free_ char *aor = argc == 2 ? registrar_aor_normalize(argv[1]) : NULL;
+        if (argc == 2 && !aor) {
+                ctl_reply_error(req, "Not a SIP address: '%s'", argv[1]);
+                return 0;
+        }
+        json_t *list = fork_pending_messages(rt->module->proxy, aor);
+        ctl_reply(req, json_pack("{s:o}", "messages", list ? list : json_array()));
+        return 0;
+}
+
+static uint64_t pending_messages(void *userdata) {
+        struct router *rt = userdata;
+        return fork_n_pending_messages(rt->module->proxy);
+}
+
 static uint64_t live_forks(void *userdata) {
         struct router *rt = userdata;
         return fork_count(rt->module->proxy);
@@ -204,6 +358,12 @@ static int router_init(struct module *m) {
         rt->module = m;
         if (rt->fork.timer_c_ms < 1000)
                 return log_error_errno(EINVAL, "[module::Router] timer-c must be at least 1s.");
+        if (rt->fork.call_fork_timeout_ms < 1000 || rt->fork.message_delivery_timeout_ms < 1000)
+                return log_error_errno(EINVAL, "[module::Router] call-fork-timeout and "
+                                               "message-delivery-timeout must be at least 1s.");
+        for (size_t i = 0; i < p->n_modules; i++)
+                if (p->modules[i] == m)
+                        rt->fork.chain_next = i + 1;
         p->fork_config = &rt->fork;
         rt->count_forks = stats_declare(s, m->desc->section, "count-forks",
                                         "Requests forked to the bindings of an address");
@@ -211,15 +371,35 @@ static int router_init(struct module *m) {
                                             "Requests for an address with no binding (404)");
         rt->count_unavailable = stats_declare(s, m->desc->section, "count-unavailable",
                                               "Requests with no usable binding (480)");
+        rt->count_stored = stats_declare(s, m->desc->section, "count-messages-stored",
+                                         "MESSAGEs accepted for store-and-forward");
+        rt->count_refused = stats_declare(s, m->desc->section, "count-messages-refused",
+                                          "MESSAGEs refused by a store limit");
         int r = stats_declare_gauge(s, m->desc->section, "live-forks",
                                     "Forks (stateful relays) in progress", live_forks, rt);
+        if (r >= 0)
+                r = stats_declare_gauge(s, m->desc->section, "pending-messages",
+                                        "Stored MESSAGEs waiting for a device", pending_messages,
+                                        rt);
         if (r < 0)
-                return log_error_errno(r, "Failed to declare the router gauge: %m");
-        return 0;
+                return log_error_errno(r, "Failed to declare the router gauges: %m");
+        struct registrar *reg = proxy_registrar(p);
+        if (reg && (r = registrar_listen(reg, on_registered, rt)) < 0)
+                return log_error_errno(r, "Failed to listen to registrations: %m");
+        struct ctl *ctl = daemon_ctl(p->daemon);
+        if (ctl && (r = ctl_register(ctl, "MESSAGES_PENDING",
+                                     "MESSAGES_PENDING [<aor>]: stored messages waiting for "
+                                     "devices, and for whom",
+                                     cli_pending, rt)) < 0)
+                return log_error_errno(r, "Failed to register MESSAGES_PENDING: %m");
+        return message_store_start(rt);
 }
 
 static void router_done(struct module *m) {
         struct router *rt = m->state;
+        /* Forks end first (proxy_free): what is pending stays in the store. */
+        message_store_close(m->proxy->message_store);
+        m->proxy->message_store = NULL;
         if (m->proxy->fork_config == &rt->fork)
                 m->proxy->fork_config = NULL;
 }

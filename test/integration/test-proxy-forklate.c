@@ -1,0 +1,396 @@
+/* SPDX-License-Identifier: MIT */
+/* Fork-late and store-and-forward MESSAGE in the built proxy. Devices are played by the
+ * minimal UA of test/lib/sipua.h, which sees every request it receives (order, duplicates) and
+ * can go away (its socket closed: the proxy's sends are refused) and come back on a new port.
+ * Covers: messages to a user with no device answered 202 and delivered in order, once each,
+ * when he registers; an online and an unreachable device; pending messages kept across a
+ * SIGTERM and a SIGKILL of the proxy; a call that waits (fork-late) for the callee's device to
+ * come back; the store limits; messages that are not stored; the delivery timeout;
+ * MESSAGES_PENDING. */
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "macro.h"
+#include "sipua.h"
+#include "testlib.h"
+
+static struct tl_proxy proxy;
+
+static void start_proxy(const char *router_extra) {
+        _cleanup_free_ char *db = tl_path("messages.db");
+        _cleanup_free_ char *conf = NULL;
+        ck_assert_int_ge(asprintf(&conf,
+                                  "log-level=debug\n"
+                                  "[module::Registrar]\n"
+                                  "db-implementation=sqlite\n"
+                                  "database-path=%s.registrar\n"
+                                  "[module::Router]\n"
+                                  "message-database-path=%s\n"
+                                  "message-accept-timeout=2s\n"
+                                  "%s",
+                                  db, db, router_extra ? router_extra : ""),
+                         0);
+        tl_proxy_start(&proxy, conf);
+}
+
+static json_t *pending(const char *aor) {
+        _cleanup_free_ char *line = NULL;
+        ck_assert_int_ge(asprintf(&line, "MESSAGES_PENDING%s%s", aor ? " " : "", aor ? aor : ""),
+                         0);
+        json_t *j = tl_ctl(proxy.sock, line);
+        json_t *list = json_object_get(j, "messages");
+        ck_assert_msg(json_is_array(list), "MESSAGES_PENDING: no list");
+        json_incref(list);
+        json_decref(j);
+        return list;
+}
+
+static size_t n_pending(const char *aor) {
+        json_t *list = pending(aor);
+        size_t n = json_array_size(list);
+        json_decref(list);
+        return n;
+}
+
+/* Receives n MESSAGEs on ua, answering each 200, and checks their bodies are prefix0..n-1 in
+ * this order, each sent only after the previous one was answered (nothing else arrives while
+ * one waits for its answer); then that nothing more comes within quiet_ms (no duplicate). */
+static void expect_messages(struct tl_ua *ua, const char *prefix, int first, int n, int quiet_ms) {
+        for (int i = first; i < first + n; i++) {
+                _cleanup_free_ char *req = tl_ua_recv_request(ua, 10000);
+                ck_assert_msg(req, "%s: message %d of %d not received", ua->user, i, first + n);
+                _cleanup_free_ char *method = tl_sip_method(req);
+                ck_assert_str_eq(method, "MESSAGE");
+                _cleanup_free_ char *body = tl_sip_body(req);
+                char want[64];
+                snprintf(want, sizeof want, "%s%d", prefix, i);
+                ck_assert_msg(streq(body, want), "%s: got '%s' where '%s' was due", ua->user, body,
+                              want);
+                /* Less than T1 (500 ms): a retransmission would not be a new message. */
+                _cleanup_free_ char *early = tl_ua_recv_request(ua, 300);
+                ck_assert_msg(!early, "%s: another request before '%s' was answered:\n%s",
+                              ua->user, want, early);
+                tl_ua_reply(ua, req, 200, false);
+        }
+        _cleanup_free_ char *more = tl_ua_recv_request(ua, quiet_ms);
+        ck_assert_msg(!more, "%s received more than expected:\n%s", ua->user, more);
+}
+
+static void send_messages(struct tl_ua *from, const char *to, const char *prefix, int n,
+                          int want_status) {
+        for (int i = 0; i < n; i++) {
+                char body[64];
+                snprintf(body, sizeof body, "%s%d", prefix, i);
+                int status = tl_ua_message(from, to, NULL, body, NULL, NULL, 0);
+                ck_assert_int_eq(status, want_status);
+        }
+}
+
+START_TEST(test_forklate_offline_recipient) {
+        struct tl_ua alice, bob;
+        start_proxy(NULL);
+        tl_ua_open(&alice, "alice", NULL, proxy.port);
+        tl_ua_open(&bob, "bob", "urn:uuid:00000000-0000-0000-0000-0000000000b1", proxy.port);
+
+        /* Nobody of bob's is registered: each is accepted at once. */
+        send_messages(&alice, "bob", "offline-", 10, 202);
+        json_t *list = pending("sip:bob@localhost");
+        ck_assert_uint_eq(json_array_size(list), 10);
+        json_t *first = json_array_get(list, 0);
+        ck_assert_str_eq(json_string_value(json_object_get(first, "aor")), "sip:bob@localhost");
+        ck_assert_str_eq(json_string_value(json_object_get(first, "from")),
+                         "sip:alice@localhost");
+        ck_assert_uint_eq(json_array_size(json_object_get(first, "waiting")), 0);
+        json_decref(list);
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::Router/pending-messages"), 10);
+
+        ck_assert_int_eq(tl_ua_register(&bob, 600), 200);
+        expect_messages(&bob, "offline-", 0, 10, 1500);
+        ck_assert_uint_eq(n_pending(NULL), 0);
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::Router/count-messages-stored"), 10);
+
+        /* Online now: the next one is delivered at once and alice gets bob's 200. */
+        char body[] = "online-0";
+        ck_assert_int_eq(tl_ua_register(&bob, 600), 200);
+        /* bob answers from this process: send without waiting, then receive. */
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                _cleanup_free_ char *req = tl_ua_recv_request(&bob, 5000);
+                if (req)
+                        tl_ua_reply(&bob, req, 200, false);
+                _exit(req && strstr(req, body) ? 0 : 1);
+        }
+        ck_assert_int_eq(tl_ua_message(&alice, "bob", NULL, body, NULL, NULL, 0), 200);
+        int status;
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "bob did not get it");
+        ck_assert_uint_eq(n_pending(NULL), 0);
+
+        tl_ua_close(&alice);
+        tl_ua_close(&bob);
+        tl_proxy_done(&proxy);
+}
+END_TEST
+
+START_TEST(test_forklate_two_devices) {
+        struct tl_ua alice, phone, tablet;
+        start_proxy(NULL);
+        tl_ua_open(&alice, "alice", NULL, proxy.port);
+        tl_ua_open(&phone, "bob", "urn:uuid:00000000-0000-0000-0000-00000000b0b1", proxy.port);
+        tl_ua_open(&tablet, "bob", "urn:uuid:00000000-0000-0000-0000-00000000b0b2", proxy.port);
+        ck_assert_int_eq(tl_ua_register(&phone, 600), 200);
+        ck_assert_int_eq(tl_ua_register(&tablet, 600), 200);
+        /* The tablet goes away without unregistering. */
+        tl_ua_close(&tablet);
+
+        /* Two messages: the phone gets both at once; the tablet's branch fails (its port
+         * refuses), the messages wait for it. alice gets 202 (no final answer from every
+         * device within message-accept-timeout) or the phone's 200. */
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                int ok = 0;
+                for (int i = 0; i < 2; i++) {
+                        _cleanup_free_ char *req = tl_ua_recv_request(&phone, 10000);
+                        char want[32];
+                        snprintf(want, sizeof want, "two-%d", i);
+                        if (req && strstr(req, want))
+                                ok++;
+                        if (req)
+                                tl_ua_reply(&phone, req, 200, false);
+                }
+                _cleanup_free_ char *more = tl_ua_recv_request(&phone, 3000);
+                _exit(ok == 2 && !more ? 0 : 1);
+        }
+        for (int i = 0; i < 2; i++) {
+                char body[32];
+                snprintf(body, sizeof body, "two-%d", i);
+                int s = tl_ua_message(&alice, "bob", NULL, body, NULL, NULL, 0);
+                ck_assert_msg(s == 200 || s == 202, "status %d", s);
+        }
+        int status;
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                      "the phone did not get both messages exactly once");
+
+        json_t *list = pending("sip:bob@localhost");
+        ck_assert_uint_eq(json_array_size(list), 2);
+        json_t *m = json_array_get(list, 0);
+        ck_assert_uint_eq(json_array_size(json_object_get(m, "delivered")), 1);
+        ck_assert_str_eq(json_string_value(json_array_get(json_object_get(m, "delivered"), 0)),
+                         "\"<urn:uuid:00000000-0000-0000-0000-00000000b0b1>\"");
+        ck_assert_uint_eq(json_array_size(json_object_get(m, "waiting")), 1);
+        json_decref(list);
+
+        /* The tablet comes back on a new port: both messages, in order, once; the phone
+         * nothing more. */
+        tl_ua_reopen(&tablet);
+        ck_assert_int_eq(tl_ua_register(&tablet, 600), 200);
+        expect_messages(&tablet, "two-", 0, 2, 1500);
+        _cleanup_free_ char *extra = tl_ua_recv_request(&phone, 200);
+        ck_assert_ptr_null(extra);
+        ck_assert_uint_eq(n_pending(NULL), 0);
+
+        tl_ua_close(&alice);
+        tl_ua_close(&phone);
+        tl_ua_close(&tablet);
+        tl_proxy_done(&proxy);
+}
+END_TEST
+
+static void restart_keeps_messages(int sig) {
+        struct tl_ua alice, bob;
+        start_proxy(NULL);
+        tl_ua_open(&alice, "alice", NULL, proxy.port);
+        tl_ua_open(&bob, "bob", "urn:uuid:00000000-0000-0000-0000-0000000000b3", proxy.port);
+        send_messages(&alice, "bob", "kept-", 5, 202);
+        ck_assert_uint_eq(n_pending(NULL), 5);
+
+        if (sig == SIGTERM) {
+                tl_proxy_stop(&proxy);
+        } else {
+                tl_kill(&proxy.proc, SIGKILL);
+                tl_wait(&proxy.proc, 5000);
+                proxy.proc.pid = 0;
+        }
+        start_proxy(NULL);
+        ck_assert_uint_eq(n_pending("sip:bob@localhost"), 5);
+        ck_assert_int_eq(tl_ua_register(&bob, 600), 200);
+        expect_messages(&bob, "kept-", 0, 5, 1500);
+        ck_assert_uint_eq(n_pending(NULL), 0);
+
+        /* Delivered ones are gone from the store too. */
+        tl_proxy_stop(&proxy);
+        start_proxy(NULL);
+        ck_assert_uint_eq(n_pending(NULL), 0);
+        tl_ua_close(&alice);
+        tl_ua_close(&bob);
+        tl_proxy_done(&proxy);
+}
+
+START_TEST(test_forklate_restart_sigterm) {
+        restart_keeps_messages(SIGTERM);
+}
+END_TEST
+
+START_TEST(test_forklate_restart_sigkill) {
+        restart_keeps_messages(SIGKILL);
+}
+END_TEST
+
+/* bob's only device is unreachable when the call arrives; it registers again from a new
+ * address within call-fork-timeout: the INVITE reaches it, the call is established (SIPp
+ * caller: INVITE, 200, ACK, BYE, 200). */
+START_TEST(test_forklate_call) {
+        struct tl_ua bob;
+        start_proxy("fork-late=true\ncall-fork-timeout=20s\n");
+        tl_ua_open(&bob, "bob", "urn:uuid:00000000-0000-0000-0000-0000000000b4", proxy.port);
+        ck_assert_int_eq(tl_ua_register(&bob, 600), 200);
+        tl_ua_close(&bob);
+
+        char remote[64];
+        snprintf(remote, sizeof remote, "127.0.0.1:%d", proxy.port);
+        const char *args[] = {remote, "-m", "1", "-s", "bob", NULL};
+        struct tl_proc caller;
+        tl_sipp_spawn(&caller, "caller", "test/sipp/uac-call.xml", 0, args);
+        /* The INVITE has failed on the closed port by now and the fork waits. */
+        for (int i = 0; i < 50 && tl_counter(proxy.sock, "module::Router/live-forks") == 0; i++)
+                usleep(100 * 1000);
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::Router/live-forks"), 1);
+        usleep(500 * 1000);
+
+        tl_ua_reopen(&bob);
+        ck_assert_int_eq(tl_ua_register(&bob, 600), 200);
+        _cleanup_free_ char *invite = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(invite, "the INVITE did not reach the re-registered device");
+        _cleanup_free_ char *method = tl_sip_method(invite);
+        ck_assert_str_eq(method, "INVITE");
+        tl_ua_reply(&bob, invite, 180, false);
+        tl_ua_reply(&bob, invite, 200, true);
+        _cleanup_free_ char *ack = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(ack && strncmp(ack, "ACK ", 4) == 0, "no ACK: %s", strna(ack));
+        _cleanup_free_ char *bye = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(bye && strncmp(bye, "BYE ", 4) == 0, "no BYE: %s", strna(bye));
+        tl_ua_reply(&bob, bye, 200, false);
+        ck_assert_int_eq(tl_sipp_wait(&caller, "caller", 10000), 0);
+        tl_ua_close(&bob);
+        tl_proxy_done(&proxy);
+}
+END_TEST
+
+/* A message that is not to be stored gets the unreachable device's failure at once. */
+START_TEST(test_forklate_unstored_message_fails) {
+        struct tl_ua bob, alice;
+        start_proxy(NULL);
+        tl_ua_open(&bob, "bob", "urn:uuid:00000000-0000-0000-0000-0000000000b5", proxy.port);
+        tl_ua_open(&alice, "alice", NULL, proxy.port);
+        ck_assert_int_eq(tl_ua_register(&bob, 600), 200);
+        tl_ua_close(&bob);
+        /* A MESSAGE with Expires: 0 is not stored: the device's failure comes back (503 is
+         * sent on as 500, RFC 3261 §16.7). */
+        int s = tl_ua_message(&alice, "bob", NULL, "not-kept", "Expires: 0\r\n", NULL, 0);
+        ck_assert_int_eq(s, 500);
+        ck_assert_uint_eq(n_pending(NULL), 0);
+        tl_ua_close(&alice);
+        tl_proxy_done(&proxy);
+}
+END_TEST
+
+START_TEST(test_forklate_not_stored) {
+        struct tl_ua alice;
+        start_proxy(NULL);
+        tl_ua_open(&alice, "alice", NULL, proxy.port);
+        /* is-composing notices and Expires: 0 messages to nobody: 404, nothing kept. */
+        int s = tl_ua_message(&alice, "bob", "application/im-iscomposing+xml",
+                              "<isComposing/>", NULL, NULL, 0);
+        ck_assert_int_eq(s, 404);
+        s = tl_ua_message(&alice, "bob", NULL, "volatile", "Expires: 0\r\n", NULL, 0);
+        ck_assert_int_eq(s, 404);
+        ck_assert_uint_eq(n_pending(NULL), 0);
+        tl_ua_close(&alice);
+        tl_proxy_done(&proxy);
+}
+END_TEST
+
+START_TEST(test_forklate_limits) {
+        struct tl_ua alice;
+        char resp[4096];
+        start_proxy("max-pending-messages-per-aor=2\nmax-stored-message-size=600B\n");
+        tl_ua_open(&alice, "alice", NULL, proxy.port);
+        send_messages(&alice, "bob", "limit-", 2, 202);
+        ck_assert_int_eq(tl_ua_message(&alice, "bob", NULL, "limit-2", NULL, resp, sizeof resp),
+                         486);
+        _cleanup_free_ char *warning = tl_sip_header(resp, "Warning");
+        ck_assert_msg(warning && strstr(warning, "Too many messages"), "Warning: %s",
+                      strna(warning));
+        /* Another address has room, but not for a large message. */
+        char big[1024];
+        memset(big, 'x', sizeof big - 1);
+        big[sizeof big - 1] = '\0';
+        ck_assert_int_eq(tl_ua_message(&alice, "carol", NULL, big, NULL, resp, sizeof resp), 513);
+        ck_assert_int_eq(tl_ua_message(&alice, "carol", NULL, "small", NULL, NULL, 0), 202);
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::Router/count-messages-refused"), 2);
+        ck_assert_uint_eq(n_pending(NULL), 3);
+        tl_ua_close(&alice);
+        tl_proxy_done(&proxy);
+}
+END_TEST
+
+START_TEST(test_forklate_delivery_timeout) {
+        struct tl_ua alice, bob;
+        start_proxy("message-delivery-timeout=2s\n");
+        tl_ua_open(&alice, "alice", NULL, proxy.port);
+        tl_ua_open(&bob, "bob", "urn:uuid:00000000-0000-0000-0000-0000000000b6", proxy.port);
+        send_messages(&alice, "bob", "late-", 1, 202);
+        ck_assert_uint_eq(n_pending(NULL), 1);
+        for (int i = 0; i < 50 && n_pending(NULL) > 0; i++)
+                usleep(100 * 1000);
+        ck_assert_uint_eq(n_pending(NULL), 0);
+        _cleanup_free_ char *log = tl_log(&proxy.proc);
+        ck_assert_msg(strstr(log, "expired: dropped"), "no log line for the expired message");
+        ck_assert_int_eq(tl_ua_register(&bob, 600), 200);
+        _cleanup_free_ char *none = tl_ua_recv_request(&bob, 1000);
+        ck_assert_ptr_null(none);
+        tl_ua_close(&alice);
+        tl_ua_close(&bob);
+        tl_proxy_done(&proxy);
+}
+END_TEST
+
+START_TEST(test_forklate_cli_errors) {
+        start_proxy(NULL);
+        json_t *j = tl_ctl(proxy.sock, "MESSAGES_PENDING not-an-address");
+        ck_assert_ptr_nonnull(json_object_get(j, "error"));
+        json_decref(j);
+        j = tl_ctl(proxy.sock, "MESSAGES_PENDING a b");
+        ck_assert_ptr_nonnull(json_object_get(j, "error"));
+        json_decref(j);
+        tl_proxy_done(&proxy);
+}
+END_TEST
+
+static Suite *forklate_suite(void) {
+        Suite *s = suite_create("forklate");
+        TCase *tc = tcase_create("forklate");
+        tcase_set_timeout(tc, 60);
+        tcase_add_test(tc, test_forklate_offline_recipient);
+        tcase_add_test(tc, test_forklate_two_devices);
+        tcase_add_test(tc, test_forklate_restart_sigterm);
+        tcase_add_test(tc, test_forklate_restart_sigkill);
+        tcase_add_test(tc, test_forklate_call);
+        tcase_add_test(tc, test_forklate_unstored_message_fails);
+        tcase_add_test(tc, test_forklate_not_stored);
+        tcase_add_test(tc, test_forklate_limits);
+        tcase_add_test(tc, test_forklate_delivery_timeout);
+        tcase_add_test(tc, test_forklate_cli_errors);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+int main(void) {
+        return tl_run(forklate_suite());
+}
