@@ -98,6 +98,9 @@ static int declare_stats(struct mediarelay *m, struct stats *st) {
         }
         m->count_ng_errors =
                 stats_declare(st, "mediarelay", "count-ng-errors", "NG commands answered with an error");
+        m->count_ng_retransmissions =
+                stats_declare(st, "mediarelay", "count-ng-retransmissions",
+                              "NG requests seen again (same datagram), answered from the cache");
         m->count_expired = stats_declare(st, "mediarelay", "count-calls-expired",
                                          "Calls deleted after inactivity-period");
         m->count_refused = stats_declare(st, "mediarelay", "count-calls-refused",
@@ -408,6 +411,7 @@ void mediarelay_free(struct mediarelay *m) {
         free(m->workers);
         free(m->buckets);
         ports_done(m);
+        ng_cache_free(m);
         free(m);
 }
 

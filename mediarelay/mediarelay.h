@@ -103,6 +103,7 @@ struct stream {
         bool srtp;             /* this party speaks SRTP that the relay terminates */
         struct crypto_params crypto_local;  /* what the relay sends with (in our SDP) */
         struct crypto_params crypto_remote; /* what the party sends with (from its SDP) */
+        struct crypto_params ctx_local, ctx_remote; /* what srtp_out/srtp_in were made with */
         /* ICE towards this party: the relay's credentials (in the SDP this party receives) and
          * the party's own ufrag (from its SDP). */
         bool ice;
@@ -155,6 +156,19 @@ struct worker {
         unsigned char stun_buf[512];
 };
 
+/* Replies kept for NG retransmissions: a client that got no answer in time sends the same
+ * datagram again (same cookie); it gets the same reply instead of a second execution. */
+#define NG_CACHE_SLOTS 2048
+#define NG_CACHE_MAX_REPLY 8192
+#define NG_CACHE_TTL_MS 30000
+struct ng_cache_entry {
+        uint64_t hash;      /* of the whole request datagram */
+        size_t request_len;
+        uint64_t at_ms;
+        char *reply;
+        size_t reply_len;
+};
+
 struct mediarelay {
         struct daemon *daemon;
         struct mediarelay_config config;
@@ -179,6 +193,9 @@ struct mediarelay {
         struct worker **workers;
         unsigned n_workers, next_worker;
 
+        struct ng_cache_entry *ng_cache;
+
+        struct stats_counter *count_ng_retransmissions;
         struct stats_counter *count_ng[8], *count_ng_errors, *count_expired, *count_refused;
 };
 
@@ -237,6 +254,7 @@ uint64_t mono_ms(void);
 /* ng.c: one NG datagram in, one reply out (always, even for garbage). */
 int ng_process(struct mediarelay *m, const void *buf, size_t len, char **reply,
                size_t *reply_len);
+void ng_cache_free(struct mediarelay *m);
 
 /* sdp.c: rewrites the SDP `sdp` that sender's party sent, for recipient's party; updates the
  * streams of both legs. Returns 0 with *out (malloc'd), or -errno with a message in error. */

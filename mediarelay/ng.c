@@ -355,8 +355,71 @@ static int make_reply(const char *cookie, size_t cookie_len, struct bencode *dic
         return 0;
 }
 
+static uint64_t hash_bytes(const void *buf, size_t len) {
+        const unsigned char *p = buf;
+        uint64_t h = 1469598103934665603ULL;
+        for (size_t i = 0; i < len; i++)
+                h = (h ^ p[i]) * 1099511628211ULL;
+        return h;
+}
+
+/* The slot is chosen by the cookie; the entry matches only the very same datagram. */
+static struct ng_cache_entry *cache_slot(struct mediarelay *m, const void *buf, size_t len,
+                                         size_t cookie_len, uint64_t *hash) {
+        if (!m->ng_cache && !(m->ng_cache = calloc(NG_CACHE_SLOTS, sizeof(*m->ng_cache))))
+                return NULL;
+        *hash = hash_bytes(buf, len);
+        return &m->ng_cache[hash_bytes(buf, cookie_len) % NG_CACHE_SLOTS];
+}
+
+void ng_cache_free(struct mediarelay *m) {
+        for (size_t i = 0; m->ng_cache && i < NG_CACHE_SLOTS; i++)
+                free(m->ng_cache[i].reply);
+        free(m->ng_cache);
+        m->ng_cache = NULL;
+}
+
+static int ng_process_one(struct mediarelay *m, const void *buf, size_t len, char **reply,
+                          size_t *reply_len);
+
 int ng_process(struct mediarelay *m, const void *buf, size_t len, char **reply,
                size_t *reply_len) {
+        const char *sp = memchr(buf, ' ', MIN(len, NG_MAX_COOKIE + 1));
+        struct ng_cache_entry *e = NULL;
+        uint64_t hash = 0, now = mono_ms();
+        int r;
+
+        if (sp && sp > (const char *)buf) {
+                e = cache_slot(m, buf, len, (size_t)(sp - (const char *)buf), &hash);
+                if (e && e->reply && e->hash == hash && e->request_len == len &&
+                    now - e->at_ms < NG_CACHE_TTL_MS) {
+                        *reply = malloc(e->reply_len + 1);
+                        if (!*reply)
+                                return -ENOMEM;
+                        memcpy(*reply, e->reply, e->reply_len + 1);
+                        *reply_len = e->reply_len;
+                        stats_inc(m->count_ng_retransmissions);
+                        return 0;
+                }
+        }
+        r = ng_process_one(m, buf, len, reply, reply_len);
+        if (r >= 0 && e && *reply_len <= NG_CACHE_MAX_REPLY) {
+                char *copy = malloc(*reply_len + 1);
+                if (copy) {
+                        memcpy(copy, *reply, *reply_len + 1);
+                        free(e->reply);
+                        *e = (struct ng_cache_entry){.hash = hash,
+                                                     .request_len = len,
+                                                     .at_ms = now,
+                                                     .reply = copy,
+                                                     .reply_len = *reply_len};
+                }
+        }
+        return r;
+}
+
+static int ng_process_one(struct mediarelay *m, const void *buf, size_t len, char **reply,
+                          size_t *reply_len) {
         const char *p = buf, *sp = memchr(p, ' ', MIN(len, NG_MAX_COOKIE + 1));
         size_t cookie_len = sp ? (size_t)(sp - p) : 0;
         struct ng_request q = {0};

@@ -80,6 +80,7 @@ static int pick_offered_crypto(struct stream *ss, sdp_attribute_t *attrs, char *
                                size_t esize) {
         for (sdp_attribute_t *a = attrs; a; a = a->a_next) {
                 struct crypto_params p;
+                memset(&p, 0, sizeof(p));
                 if (!strcaseeq(a->a_name, "crypto") || !a->a_value ||
                     crypto_parse(a->a_value, &p) < 0)
                         continue;
@@ -97,6 +98,7 @@ static int pick_first_crypto(struct stream *ss, sdp_attribute_t *attrs, char *er
                              size_t esize) {
         for (sdp_attribute_t *a = attrs; a; a = a->a_next) {
                 struct crypto_params p;
+                memset(&p, 0, sizeof(p));
                 if (!strcaseeq(a->a_name, "crypto") || !a->a_value ||
                     crypto_parse(a->a_value, &p) < 0)
                         continue;

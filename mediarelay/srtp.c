@@ -177,6 +177,11 @@ int stream_srtp_setup(struct stream *s) {
                 stream_srtp_free(s);
                 return 0;
         }
+        /* A re-offer with the same keys keeps the contexts (rollover counters, replay lists). */
+        if (s->srtp_in && s->srtp_out &&
+            memcmp(&s->ctx_local, &s->crypto_local, sizeof(s->ctx_local)) == 0 &&
+            memcmp(&s->ctx_remote, &s->crypto_remote, sizeof(s->ctx_remote)) == 0)
+                return 0;
         r = make_ctx(&s->crypto_local, ssrc_any_outbound, &out);
         if (r >= 0)
                 r = make_ctx(&s->crypto_remote, ssrc_any_inbound, &in);
@@ -188,5 +193,7 @@ int stream_srtp_setup(struct stream *s) {
         stream_srtp_free(s);
         s->srtp_in = in;
         s->srtp_out = out;
+        s->ctx_local = s->crypto_local;
+        s->ctx_remote = s->crypto_remote;
         return 0;
 }

@@ -325,6 +325,27 @@ START_TEST(test_mediarelay_ping_conf_and_errors) {
         ck_assert_ptr_nonnull(strstr(g, "zz7 d"));
         ck_assert_ptr_nonnull(strstr(g, "Malformed bencode"));
 
+        /* A retransmitted request (same datagram) gets the same reply without a second
+         * execution: the retransmitted delete does not fail with "Unknown call-id". */
+        {
+                static const char sdp[] = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\n"
+                                          "c=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+                char offer[512], del[] = "rt2 d7:command6:delete7:call-id2:rte";
+                int n = snprintf(offer, sizeof(offer),
+                                 "rt1 d7:command5:offer7:call-id2:rt8:from-tag1:a3:sdp%zu:%se",
+                                 sizeof(sdp) - 1, sdp);
+                long long offers = tl_counter(relay.sock, "mediarelay/count-ng-offer");
+                _cleanup_free_ char *r1 = ng_raw(offer, (size_t)n, &len);
+                _cleanup_free_ char *r2 = ng_raw(offer, (size_t)n, &len);
+                ck_assert_str_eq(r1, r2);
+                ck_assert_ptr_nonnull(strstr(r1, "6:result2:ok"));
+                _cleanup_free_ char *d1 = ng_raw(del, sizeof(del) - 1, &len);
+                _cleanup_free_ char *d2 = ng_raw(del, sizeof(del) - 1, &len);
+                ck_assert_ptr_nonnull(strstr(d2, "6:result2:ok"));
+                ck_assert_int_eq(tl_counter(relay.sock, "mediarelay/count-ng-retransmissions"), 2);
+                ck_assert_int_eq(tl_counter(relay.sock, "mediarelay/count-ng-offer"), offers + 1);
+        }
+
         ck_assert_int_ge(tl_counter(relay.sock, "mediarelay/count-ng-ping"), 1);
         ck_assert_int_ge(tl_counter(relay.sock, "mediarelay/count-ng-errors"), 9);
         /* Failed offers left no call behind. */
