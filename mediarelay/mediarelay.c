@@ -49,6 +49,16 @@ static const struct conf_option mediarelay_rows[] = {
          "Most calls relayed at once; an offer for a new call beyond it gets an NG error"},
         {"mediarelay", "packet-threads", CONF_INT, C(packet_threads), "0", 0, 256, 0,
          "Threads relaying packets, calls spread among them; 0 = one per CPU core"},
+        {"mediarelay", "redis-address", CONF_ADDRESS, C(redis_address), NULL, 0, 0, 0,
+         "Redis server (host:port or /path) where the relay announces its NG address and "
+         "load for proxies to choose from; empty: no announce"},
+        {"mediarelay", "redis-password", CONF_STRING, C(redis_password), NULL, 0, 0,
+         CONF_SECRET, "Password for redis-address (AUTH); empty: none"},
+        {"mediarelay", "announce-interval", CONF_DURATION, C(announce_interval_ms), "5s", 0,
+         0, 0,
+         "How often the Redis announce is refreshed (at least 100ms); it expires after three "
+         "intervals",
+         .unit = CONF_UNIT_MS},
 };
 
 static const struct conf_section mediarelay_sections[] = {
@@ -366,6 +376,9 @@ int mediarelay_start(struct mediarelay *m) {
         r = ng_open(m);
         if (r < 0)
                 return r;
+        r = announce_start(m);
+        if (r < 0)
+                return r;
         if (ctl) {
                 r = ctl_register(ctl, "SESSIONS", "SESSIONS [limit]: the calls relayed now",
                                  ctl_sessions, m);
@@ -391,6 +404,7 @@ void mediarelay_free(struct mediarelay *m) {
         if (m->ng_fd >= 0)
                 close(m->ng_fd);
         loop_timer_free(m->sweep_timer);
+        announce_stop(m);
         /* Stop the packet threads first: then every call can go at once. */
         for (unsigned i = 0; m->workers && i < m->n_workers; i++)
                 if (m->workers[i] && m->workers[i]->started) {
@@ -419,7 +433,7 @@ static void hook_stop(struct daemon *d, void *userdata) {
         struct mediarelay *m = userdata;
         loop_io_free(m->ng_io);
         m->ng_io = NULL;
-        daemon_drained(d);
+        announce_withdraw(m, d);
 }
 
 const struct mediarelay_hooks mediarelay_hooks = {

@@ -34,6 +34,8 @@ struct loop_timer;
 struct bencode;
 struct stats_counter;
 struct json_t;
+struct redis;
+struct withdraw;
 
 #define MR_MAX_MEDIA 8       /* m= lines per SDP */
 #define MR_BATCH 32          /* datagrams per recvmmsg/sendmmsg */
@@ -51,6 +53,9 @@ struct mediarelay_config {
         uint64_t relatch_silence_ms;
         int64_t max_sessions;
         int64_t packet_threads;
+        struct conf_address redis_address;
+        char *redis_password;
+        uint64_t announce_interval_ms;
 };
 
 struct stream_stats {
@@ -195,6 +200,10 @@ struct mediarelay {
 
         struct ng_cache_entry *ng_cache;
 
+        struct redis *redis;
+        struct loop_timer *announce_timer;
+        struct withdraw *withdraw;
+
         struct stats_counter *count_ng_retransmissions;
         struct stats_counter *count_ng[8], *count_ng_errors, *count_expired, *count_refused;
 };
@@ -219,6 +228,12 @@ void mediarelay_free(struct mediarelay *m);
 extern const struct mediarelay_hooks {
         void (*stop)(struct daemon *d, void *userdata);
 } mediarelay_hooks;
+
+/* announce.c: the relay's entry in Redis (see there for the layout). */
+int announce_start(struct mediarelay *m);
+/* SIGTERM: removes the entry, then calls daemon_drained(). */
+void announce_withdraw(struct mediarelay *m, struct daemon *d);
+void announce_stop(struct mediarelay *m);
 
 /* call.c */
 struct call *call_find(struct mediarelay *m, const char *call_id);

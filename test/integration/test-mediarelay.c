@@ -886,6 +886,61 @@ START_TEST(test_mediarelay_max_sessions) {
 }
 END_TEST
 
+/* Polls a Redis command until its reply contains want (bounded). */
+static char *redis_wait(struct tl_redis *rd, const char *want, const char *fmt, const char *arg) {
+        for (int i = 0; i < 50; i++) {
+                char *v = tl_redis_cmd(rd, fmt, arg);
+                if (v && strstr(v, want))
+                        return v;
+                free(v);
+                usleep(100 * 1000);
+        }
+        ck_abort_msg("Redis never showed '%s'", want);
+        return NULL;
+}
+
+START_TEST(test_mediarelay_redis_announce) {
+        struct tl_redis rd;
+        struct ep a = ep_new();
+        char extra[256], ng_addr[64], key[128];
+
+        ck_assert_int_eq(tl_redis_start(&rd, NULL), 0);
+        snprintf(extra, sizeof(extra), "redis-address=127.0.0.1:%d\nannounce-interval=200ms\n",
+                 rd.port);
+        relay_start(extra);
+        snprintf(ng_addr, sizeof(ng_addr), "127.0.0.1:%d", ng_port);
+        snprintf(key, sizeof(key), "sipfleet:mediarelay:%s", ng_addr);
+
+        free(redis_wait(&rd, ng_addr, "ZRANGE sipfleet:mediarelays 0 -1", NULL));
+        _cleanup_free_ char *info = redis_wait(&rd, "\"calls\":0", "GET %s", key);
+        json_t *j = json_loads(info, 0, NULL);
+        ck_assert_ptr_nonnull(j);
+        ck_assert_str_eq(json_string_value(json_object_get(j, "ng")), ng_addr);
+        ck_assert_str_eq(json_string_value(json_object_get(j, "address")), "127.0.0.1");
+        ck_assert_int_eq(json_integer_value(json_object_get(j, "ports-total")), 100);
+        json_decref(j);
+        _cleanup_free_ char *ttl = tl_redis_cmd(&rd, "PTTL %s", key);
+        ck_assert_int_gt(atoi(ttl), 0);
+        ck_assert_int_le(atoi(ttl), 600);
+
+        /* The load follows the calls. */
+        _cleanup_free_ char *sa = make_sdp(a.port, "RTP/AVP", NULL);
+        struct bencode *r = ng("offer", "call-id", "call-redis", "from-tag", "A", "sdp", sa, NULL);
+        expect_ok(r);
+        bencode_free(r);
+        free(redis_wait(&rd, "\"calls\":1", "GET %s", key));
+
+        /* SIGTERM withdraws the announce. */
+        relay_stop();
+        _cleanup_free_ char *left = tl_redis_cmd(&rd, "ZRANGE sipfleet:mediarelays 0 -1");
+        ck_assert_ptr_null(strstr(strempty(left), ng_addr));
+        _cleanup_free_ char *exists = tl_redis_cmd(&rd, "EXISTS %s", key);
+        ck_assert_str_eq(exists, "0");
+        close(a.fd);
+        tl_redis_stop(&rd);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("mediarelay");
         TCase *tc = tcase_create("relay");
@@ -899,6 +954,7 @@ int main(void) {
         tcase_add_test(tc, test_mediarelay_srtp_bridge);
         tcase_add_test(tc, test_mediarelay_stun_and_ice);
         tcase_add_test(tc, test_mediarelay_max_sessions);
+        tcase_add_test(tc, test_mediarelay_redis_announce);
         suite_add_tcase(s, tc);
         return tl_run(s);
 }
