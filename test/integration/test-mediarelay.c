@@ -606,24 +606,37 @@ START_TEST(test_mediarelay_idle_timeout_frees_ports) {
 }
 END_TEST
 
-static void srtp_ctx(srtp_t *ctx, const unsigned char *key, bool outbound) {
+static void srtp_ctx_suite(srtp_t *ctx, const unsigned char *key, bool outbound, bool aes256_32) {
         srtp_policy_t pol;
         memset(&pol, 0, sizeof(pol));
-        srtp_crypto_policy_set_rtp_default(&pol.rtp);
-        srtp_crypto_policy_set_rtp_default(&pol.rtcp);
+        if (aes256_32) {
+                srtp_crypto_policy_set_aes_cm_256_hmac_sha1_32(&pol.rtp);
+                srtp_crypto_policy_set_aes_cm_256_hmac_sha1_80(&pol.rtcp);
+        } else {
+                srtp_crypto_policy_set_rtp_default(&pol.rtp);
+                srtp_crypto_policy_set_rtp_default(&pol.rtcp);
+        }
         pol.ssrc.type = outbound ? ssrc_any_outbound : ssrc_any_inbound;
         pol.key = (unsigned char *)key;
         pol.window_size = 128;
         ck_assert_int_eq(srtp_create(ctx, &pol), srtp_err_status_ok);
 }
 
-static void b64_key(const char *sdp, unsigned char key[30], const char *prefix) {
+static void srtp_ctx(srtp_t *ctx, const unsigned char *key, bool outbound) {
+        srtp_ctx_suite(ctx, key, outbound, false);
+}
+
+static void b64_key_len(const char *sdp, unsigned char *key, size_t len, const char *prefix) {
         _cleanup_free_ char *line = sdp_value(sdp, prefix);
         ck_assert_msg(line, "no '%s' in %s", prefix, sdp);
         unsigned char out[64];
         int n = EVP_DecodeBlock(out, (const unsigned char *)line, (int)strcspn(line, "|"));
-        ck_assert_int_ge(n, 30);
-        memcpy(key, out, 30);
+        ck_assert_int_ge(n, (int)len);
+        memcpy(key, out, len);
+}
+
+static void b64_key(const char *sdp, unsigned char key[30], const char *prefix) {
+        b64_key_len(sdp, key, 30, prefix);
 }
 
 START_TEST(test_mediarelay_srtp_bridge) {
@@ -739,9 +752,103 @@ START_TEST(test_mediarelay_srtp_bridge) {
         }
         srtp_dealloc(b_out);
         srtp_dealloc(b_in);
+
+        /* An AES-256 suite with the short tag: the relay answers with the same suite and tag
+         * and a key of its own. */
+        unsigned char k256[46], k256_relay[46];
+        char b64_256[80];
+        RAND_bytes(k256, sizeof(k256));
+        EVP_EncodeBlock((unsigned char *)b64_256, k256, sizeof(k256));
+        snprintf(extra, sizeof(extra),
+                 "a=crypto:5 F8_128_HMAC_SHA1_80 inline:MTIzNDU2Nzg5QUJDREUwMTIzNDU2Nzg5QUJjZGVm\r\n"
+                 "a=crypto:7 AES_256_CM_HMAC_SHA1_32 inline:%s\r\n",
+                 b64_256);
+        _cleanup_free_ char *sa3 = make_sdp(a.port, "RTP/SAVP", extra);
+        r = ng("offer", "call-id", "call-srtp3", "from-tag", "A", "sdp", sa3,
+               "transport-protocol", "RTP/AVP", NULL);
+        expect_ok(r);
+        pb = sdp_port(bencode_dict_get_str(r, "sdp"));
+        bencode_free(r);
+        r = ng("answer", "call-id", "call-srtp3", "from-tag", "A", "to-tag", "B", "sdp", sb, NULL);
+        expect_ok(r);
+        to_a = bencode_dict_get_str(r, "sdp");
+        ck_assert_ptr_null(strstr(to_a, "F8_128"));
+        b64_key_len(to_a, k256_relay, 46, "a=crypto:7 AES_256_CM_HMAC_SHA1_32 inline:");
+        pa = sdp_port(to_a);
+        bencode_free(r);
+        srtp_ctx_suite(&a_out, k256, true, true);
+        srtp_ctx_suite(&a_in, k256_relay, false, true);
+        {
+                unsigned char plain[256];
+                n = make_rtp(pkt, 7, 0xA11CE, "AES-256 voice of A");
+                memcpy(plain, pkt, n);
+                len = (int)n;
+                ck_assert_int_eq(srtp_protect(a_out, pkt, &len), srtp_err_status_ok);
+                ck_assert_int_eq(len, (int)n + 4);
+                ep_send(&a, pa, pkt, (size_t)len);
+                ck_assert_int_eq(ep_recv(&b, got, sizeof(got), 2000, &from), (int)n);
+                ck_assert_int_eq(memcmp(got, plain, n), 0);
+                n = make_rtp(pkt, 7, 0xB0B, "plain reply of B");
+                memcpy(plain, pkt, n);
+                ep_send(&b, pb, pkt, n);
+                len = ep_recv(&a, got, sizeof(got), 2000, &from);
+                ck_assert_int_eq(len, (int)n + 4);
+                ck_assert_int_eq(srtp_unprotect(a_in, got, &len), srtp_err_status_ok);
+                ck_assert_int_eq(memcmp(got, plain, n), 0);
+        }
+        srtp_dealloc(a_out);
+        srtp_dealloc(a_in);
+
+        /* An SRTP offer without a usable crypto line is refused. */
+        _cleanup_free_ char *sa4 = make_sdp(a.port, "RTP/SAVP",
+                                            "a=crypto:1 F8_128_HMAC_SHA1_80 inline:MTIzNDU2Nzg5QUJDREUwMTIzNDU2Nzg5QUJjZGVm\r\n");
+        expect_error(ng("offer", "call-id", "call-srtp4", "from-tag", "A", "sdp", sa4,
+                        "transport-protocol", "RTP/AVP", NULL),
+                     "No supported a=crypto");
         close(a.fd);
         close(b.fd);
         relay_stop();
+}
+END_TEST
+
+START_TEST(test_mediarelay_bad_config_refused) {
+        static const char *const bad[][2] = {
+                {"address=not-an-ip\n", "is not an IP address"},
+                {"port-range=30001\n", "port-range"},
+                {"ng-listen=/tmp/x.sock\n", "ng-listen must be an IP address"},
+                {"inactivity-period=forever\n", "inactivity-period"},
+        };
+        _cleanup_free_ char *bin = tl_build_path("mediarelay/sipfleet-mediarelay");
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                _cleanup_free_ char *text = NULL, *path = NULL, *log = NULL;
+                int port = tl_free_port();
+                ck_assert_int_ge(asprintf(&text,
+                                          "[global]\ncontrol-socket=%s/bad.sock\n"
+                                          "[mediarelay]\nng-listen=127.0.0.1:%d\n%s",
+                                          tl_tmpdir(), port, bad[i][0]),
+                                 0);
+                /* a later ng-listen line replaces the first only in drop-ins: keep one */
+                if (strstr(bad[i][0], "ng-listen")) {
+                        free(text);
+                        ck_assert_int_ge(asprintf(&text,
+                                                  "[global]\ncontrol-socket=%s/bad.sock\n"
+                                                  "[mediarelay]\n%s",
+                                                  tl_tmpdir(), bad[i][0]),
+                                         0);
+                }
+                path = tl_write_file("bad.conf", text);
+                char *argv[] = {bin, "--config", path, NULL};
+                char name[16];
+                struct tl_proc p;
+                snprintf(name, sizeof(name), "bad%zu", i);
+                tl_spawn(name, argv, &p);
+                int st = tl_wait(&p, 10000);
+                log = tl_log(&p);
+                free(p.log);
+                ck_assert_msg(st != 0, "started with '%s'", bad[i][0]);
+                ck_assert_msg(strstr(log, bad[i][1]), "'%s': log lacks '%s': %s", bad[i][0],
+                              bad[i][1], log);
+        }
 }
 END_TEST
 
@@ -955,6 +1062,7 @@ int main(void) {
         tcase_add_test(tc, test_mediarelay_stun_and_ice);
         tcase_add_test(tc, test_mediarelay_max_sessions);
         tcase_add_test(tc, test_mediarelay_redis_announce);
+        tcase_add_test(tc, test_mediarelay_bad_config_refused);
         suite_add_tcase(s, tc);
         return tl_run(s);
 }
