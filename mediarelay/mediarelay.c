@@ -295,7 +295,10 @@ static int setup_common(struct mediarelay *m) {
         r = mr_srtp_init();
         if (r < 0)
                 return log_error_errno(r, "libsrtp2 initialisation failed");
+        /* about one call per bucket at max-sessions */
         m->n_buckets = 1024;
+        while (m->n_buckets < (size_t)m->config.max_sessions && m->n_buckets < (1u << 20))
+                m->n_buckets *= 2;
         m->buckets = calloc(m->n_buckets, sizeof(*m->buckets));
         if (!m->buckets)
                 return log_oom();

@@ -581,7 +581,11 @@ END_TEST
 START_TEST(test_mediarelay_idle_timeout_frees_ports) {
         struct ep a = ep_new(), b = ep_new();
         int pa, pb;
-        relay_start("inactivity-period=1s\n");
+        relay_start(NULL);
+        /* inactivity-period is reloadable: lowered at run time */
+        json_t *set = tl_ctl(relay.sock, "SET mediarelay/inactivity-period 1s");
+        ck_assert_ptr_null(json_object_get(set, "error"));
+        json_decref(set);
         call_setup("call-idle", &a, &b, &pa, &pb);
         expect_relayed(&a, pa, &b, pb, 1, "one packet");
         ck_assert_int_eq(tl_counter(relay.sock, "mediarelay/ports-in-use"), 4);
