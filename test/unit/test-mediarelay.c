@@ -134,11 +134,26 @@ START_TEST(test_mediarelay_ng_ping_offer_delete) {
         ck_assert_uint_eq(relay->n_calls, 1);
         ck_assert_uint_eq(relay->ports_in_use, 8);
 
+        /* AVPF to SAVPF: the profile kept, SRTP offered with the four suites. */
+        static const char avpf[] = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\n"
+                                   "t=0 0\r\nm=audio 4000 RTP/AVPF 0\r\na=rtcp:4001\r\n";
+        len = snprintf(msg, sizeof(msg),
+                       "e d7:command5:offer7:call-id2:c28:from-tag1:a18:transport-protocol"
+                       "9:RTP/SAVPF3:sdp%zu:%se",
+                       sizeof(avpf) - 1, avpf);
+        r = process(msg, (size_t)len, NULL);
+        ck_assert_str_eq(bencode_dict_get_str(r, "result"), "ok");
+        out = bencode_dict_get_str(r, "sdp");
+        ck_assert_msg(strstr(out, " RTP/SAVPF 0\r\n"), "%s", out);
+        ck_assert_ptr_nonnull(strstr(out, "a=crypto:4 AES_256_CM_HMAC_SHA1_32 inline:"));
+        ck_assert_ptr_null(strstr(out, "a=rtcp:4001"));
+        bencode_free(r);
+
         static const char del[] = "d d7:command6:delete7:call-id2:c1e";
         r = process(del, sizeof(del) - 1, NULL);
         ck_assert_str_eq(bencode_dict_get_str(r, "result"), "ok");
         bencode_free(r);
-        ck_assert_uint_eq(relay->n_calls, 0);
+        ck_assert_uint_eq(relay->n_calls, 1);
 }
 END_TEST
 
