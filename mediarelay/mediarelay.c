@@ -132,7 +132,6 @@ static int declare_stats(struct mediarelay *m, struct stats *st) {
         return 0;
 }
 
-void mr_count_ng(struct mediarelay *m, const char *command, bool error);
 void mr_count_ng(struct mediarelay *m, const char *command, bool error) {
         size_t i;
         for (i = 0; i < ELEMENTSOF(ng_command_names) - 1; i++)

@@ -225,6 +225,8 @@ int mediarelay_new_bare(const struct mediarelay_config *config, struct loop *l,
                         struct mediarelay **ret);
 int mediarelay_start(struct mediarelay *m);
 void mediarelay_free(struct mediarelay *m);
+/* Counts an NG command (by name, "other" when unknown) and whether it failed. */
+void mr_count_ng(struct mediarelay *m, const char *command, bool error);
 extern const struct mediarelay_hooks {
         void (*stop)(struct daemon *d, void *userdata);
 } mediarelay_hooks;

@@ -25,8 +25,6 @@
 #define NG_MAX_COOKIE 256
 #define NG_LIST_DEFAULT 32
 
-void mr_count_ng(struct mediarelay *m, const char *command, bool error);
-
 struct ng_request {
         struct bencode *dict;
         const char *command, *call_id, *from_tag, *to_tag;
