@@ -94,8 +94,17 @@ struct crypto_params {
         unsigned char key[46];   /* master key + salt (30 or 46 bytes) */
 };
 
+/* How a party's source address is learnt (NG flags of the message carrying its SDP). */
+enum latch_mode {
+        LATCH_DEFAULT,    /* latch; another source after relatch-silence or from the SDP address */
+        LATCH_STRICT,     /* "strict-source": once latched, only the SDP address may take over */
+        LATCH_HANDOVER,   /* "media-handover": any new source takes over at once */
+        LATCH_ASYMMETRIC, /* "asymmetric": accept any source, always send to the SDP address */
+};
+
 struct stream {
         struct rsock rtp, rtcp;
+        enum latch_mode latch;
         struct stream *other;
         struct leg *leg;
         unsigned index;        /* m= line */
@@ -216,6 +225,7 @@ struct ng_opts {
         enum ng_ice ice;
         const char *transport;   /* transport-protocol, NULL = keep */
         bool mux_offer, mux_demux, mux_reject, mux_require;
+        enum latch_mode latch;
 };
 
 /* mediarelay.c */

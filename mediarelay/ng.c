@@ -3,8 +3,9 @@
  * "<cookie> <bencoded dict>". Commands: ping, offer, answer, delete, query, list. Every
  * datagram gets an answer: malformed input is {"result": "error", "error-reason": "..."}.
  *
- * Keys read: command, call-id, from-tag, to-tag, sdp, flags (list; "trust-address",
- * "symmetric"... are accepted: the relay always latches), replace (list: "origin" rewrites the
+ * Keys read: command, call-id, from-tag, to-tag, sdp, flags (list: "strict-source",
+ * "media-handover" and "asymmetric" set how the sender's source is latched; others such as
+ * "trust-address" or "symmetric" are accepted), replace (list: "origin" rewrites the
  * o= address; "session-connection" is what the relay always does to c=), ICE ("remove",
  * "force", "default"; "force-relay" = force, "optional" = default), direction (a list of
  * interface names, accepted: one interface), transport-protocol (RTP/AVP, RTP/SAVP, RTP/AVPF,
@@ -72,9 +73,22 @@ static int parse_media_opts(struct ng_request *q) {
         const char *s;
         int r;
 
-        if ((r = get_list(q, "flags", &l)) < 0 || (r = get_list(q, "direction", &l)) < 0 ||
-            (r = get_list(q, "received-from", &l)) < 0 || (r = get_list(q, "SDES", &l)) < 0)
+        if ((r = get_list(q, "direction", &l)) < 0 || (r = get_list(q, "received-from", &l)) < 0 ||
+            (r = get_list(q, "SDES", &l)) < 0)
                 return r;
+        r = get_list(q, "flags", &l);
+        if (r < 0)
+                return r;
+        for (struct bencode *i = l ? l->first : NULL; i; i = i->next) {
+                if (bencode_is_str(i, "strict-source"))
+                        q->opts.latch = LATCH_STRICT;
+                else if (bencode_is_str(i, "media-handover"))
+                        q->opts.latch = LATCH_HANDOVER;
+                else if (bencode_is_str(i, "asymmetric"))
+                        q->opts.latch = LATCH_ASYMMETRIC;
+                /* others ("trust-address", "symmetric", "port-latching"...) are accepted: the
+                 * relay always uses the SDP address first and latches */
+        }
         r = get_list(q, "replace", &l);
         if (r < 0)
                 return r;

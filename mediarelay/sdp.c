@@ -184,6 +184,7 @@ static int rewrite_media(struct mediarelay *m, su_home_t *home, sdp_session_t *s
                                      in_mux ? (unsigned)md->m_port : rtcp_port);
         }
         copy_trunc(ss->remote_ufrag, sizeof(ss->remote_ufrag), ufrag);
+        ss->latch = o->latch;
 
         if (offer) {
                 if (o->transport && (strstr(in_proto, "UDP/TLS") || strstr(o->transport, "UDP/TLS")))

@@ -44,16 +44,22 @@ static bool same_addr(const struct sockaddr_storage *a, const struct sockaddr_st
         return false;
 }
 
-/* Symmetric latching with hijack protection (see relatch-silence). */
+/* Symmetric latching with hijack protection (see relatch-silence and enum latch_mode). */
 static bool accept_source(struct worker *w, struct rsock *rs, const struct sockaddr_storage *from,
                           socklen_t fromlen, uint64_t now) {
         uint64_t last = atomic_load_explicit(&rs->last_rx_ms, memory_order_relaxed);
+        enum latch_mode mode = rs->stream->latch;
 
+        if (mode == LATCH_ASYMMETRIC && rs->signalled_len)
+                return true; /* replies keep going to the SDP address */
         if (rs->latched && same_addr(&rs->peer, from))
                 return true;
-        if (rs->latched && !(rs->signalled_len && same_addr(&rs->signalled, from)) &&
-            now - last < w->m->config.relatch_silence_ms)
-                return false;
+        if (rs->latched && !(rs->signalled_len && same_addr(&rs->signalled, from))) {
+                if (mode == LATCH_STRICT)
+                        return false;
+                if (mode != LATCH_HANDOVER && now - last < w->m->config.relatch_silence_ms)
+                        return false;
+        }
         memcpy(&rs->peer, from, fromlen);
         rs->peer_len = fromlen;
         rs->latched = true;

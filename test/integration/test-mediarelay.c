@@ -578,6 +578,57 @@ START_TEST(test_mediarelay_latching_and_third_party) {
 }
 END_TEST
 
+/* Offer from A with the given flags, plain answer from B. */
+static void call_setup_flags(const char *call_id, struct ep *a, struct ep *b, const char *flags,
+                             int *port_for_a, int *port_for_b) {
+        _cleanup_free_ char *sa = make_sdp(a->port, "RTP/AVP", NULL);
+        _cleanup_free_ char *sb = make_sdp(b->port, "RTP/AVP", NULL);
+        struct bencode *r = ng("offer", "call-id", call_id, "from-tag", "A", "sdp", sa, "flags",
+                               flags, NULL);
+        expect_ok(r);
+        *port_for_b = sdp_port(bencode_dict_get_str(r, "sdp"));
+        bencode_free(r);
+        r = ng("answer", "call-id", call_id, "from-tag", "A", "to-tag", "B", "sdp", sb, NULL);
+        expect_ok(r);
+        *port_for_a = sdp_port(bencode_dict_get_str(r, "sdp"));
+        bencode_free(r);
+}
+
+START_TEST(test_mediarelay_latch_flags) {
+        struct ep a = ep_new(), b = ep_new(), a2 = ep_new();
+        int pa, pb;
+        relay_start("relatch-silence=300ms\n");
+
+        /* strict-source: a new source never takes over, even after a silence... */
+        call_setup_flags("call-strict", &a, &b, "@strict-source trust-address", &pa, &pb);
+        expect_relayed(&a, pa, &b, pb, 1, "A latched");
+        usleep(500 * 1000);
+        unsigned char pkt[256];
+        size_t n = make_rtp(pkt, 2, 0x1234, "A elsewhere");
+        ep_send(&a2, pa, pkt, n);
+        expect_nothing(&b, 300);
+        /* ...but the SDP address does. */
+        expect_relayed(&a, pa, &b, pb, 3, "A at its SDP address");
+
+        /* media-handover: a new source takes over at once. */
+        call_setup_flags("call-handover", &a, &b, "@media-handover", &pa, &pb);
+        expect_relayed(&a, pa, &b, pb, 1, "A latched");
+        expect_relayed(&a2, pa, &b, pb, 2, "A moved at once");
+        expect_relayed(&b, pb, &a2, pa, 1, "B follows at once");
+
+        /* asymmetric: any source is relayed, replies go to the SDP address. */
+        call_setup_flags("call-asym", &a, &b, "@asymmetric", &pa, &pb);
+        expect_relayed(&a2, pa, &b, pb, 1, "A sends from elsewhere");
+        expect_relayed(&b, pb, &a, pa, 1, "B answers to A's SDP address");
+        expect_nothing(&a2, 200);
+
+        close(a.fd);
+        close(b.fd);
+        close(a2.fd);
+        relay_stop();
+}
+END_TEST
+
 START_TEST(test_mediarelay_idle_timeout_frees_ports) {
         struct ep a = ep_new(), b = ep_new();
         int pa, pb;
@@ -1061,6 +1112,7 @@ int main(void) {
         tcase_add_test(tc, test_mediarelay_offer_answer_rtp_rtcp);
         tcase_add_test(tc, test_mediarelay_rtcp_mux);
         tcase_add_test(tc, test_mediarelay_latching_and_third_party);
+        tcase_add_test(tc, test_mediarelay_latch_flags);
         tcase_add_test(tc, test_mediarelay_idle_timeout_frees_ports);
         tcase_add_test(tc, test_mediarelay_srtp_bridge);
         tcase_add_test(tc, test_mediarelay_stun_and_ice);
