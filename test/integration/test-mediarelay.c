@@ -1025,6 +1025,59 @@ START_TEST(test_mediarelay_stun_and_ice) {
 }
 END_TEST
 
+static int ep6_new(int *port) {
+        struct sockaddr_in6 sa = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+        socklen_t len = sizeof(sa);
+        int fd = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+        *port = ntohs(sa.sin6_port);
+        return fd;
+}
+
+START_TEST(test_mediarelay_ipv6) {
+        int pa_local, pb_local, a = ep6_new(&pa_local), b = ep6_new(&pb_local);
+        char sa[512], sb[512], got[256];
+        relay_start("address=::1\n");
+
+        snprintf(sa, sizeof(sa),
+                 "v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\n"
+                 "m=audio %d RTP/AVP 0\r\n",
+                 pa_local);
+        snprintf(sb, sizeof(sb),
+                 "v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\n"
+                 "m=audio %d RTP/AVP 0\r\n",
+                 pb_local);
+        struct bencode *r = ng("offer", "call-id", "call-v6", "from-tag", "A", "sdp", sa, NULL);
+        expect_ok(r);
+        ck_assert_ptr_nonnull(strstr(bencode_dict_get_str(r, "sdp"), "c=IN IP6 ::1\r\n"));
+        int pb = sdp_port(bencode_dict_get_str(r, "sdp"));
+        bencode_free(r);
+        r = ng("answer", "call-id", "call-v6", "from-tag", "A", "to-tag", "B", "sdp", sb, NULL);
+        expect_ok(r);
+        int pa = sdp_port(bencode_dict_get_str(r, "sdp"));
+        bencode_free(r);
+
+        unsigned char pkt[64];
+        size_t n = make_rtp(pkt, 1, 0x6666, "over IPv6");
+        struct sockaddr_in6 to = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT,
+                                  .sin6_port = htons((uint16_t)pa)};
+        ck_assert_int_eq(sendto(a, pkt, n, 0, (struct sockaddr *)&to, sizeof(to)), (ssize_t)n);
+        struct pollfd p = {.fd = b, .events = POLLIN};
+        ck_assert_int_eq(poll(&p, 1, 2000), 1);
+        struct sockaddr_in6 from;
+        socklen_t fl = sizeof(from);
+        ck_assert_int_eq(recvfrom(b, got, sizeof(got), 0, (struct sockaddr *)&from, &fl),
+                         (ssize_t)n);
+        ck_assert_int_eq(memcmp(got, pkt, n), 0);
+        ck_assert_int_eq(ntohs(from.sin6_port), pb);
+        close(a);
+        close(b);
+        relay_stop();
+}
+END_TEST
+
 START_TEST(test_mediarelay_max_sessions) {
         struct ep a = ep_new();
         relay_start("max-sessions=2\n");
@@ -1116,6 +1169,7 @@ int main(void) {
         tcase_add_test(tc, test_mediarelay_idle_timeout_frees_ports);
         tcase_add_test(tc, test_mediarelay_srtp_bridge);
         tcase_add_test(tc, test_mediarelay_stun_and_ice);
+        tcase_add_test(tc, test_mediarelay_ipv6);
         tcase_add_test(tc, test_mediarelay_max_sessions);
         tcase_add_test(tc, test_mediarelay_redis_announce);
         tcase_add_test(tc, test_mediarelay_bad_config_refused);
