@@ -26,6 +26,7 @@ struct pushd {
         uint64_t http_serial;
         bool stopping;
         bool freeing;
+        bool drained;
 
         /* Redis: commands (acks, dead letters, dead tokens, claims) and a second link for the
          * blocking XREADGROUP. */

@@ -356,7 +356,14 @@ static void on_result(const struct push_result *res, void *userdata) {
                 delivery_final(d);
                 break;
         case PUSH_OUTCOME_RETRY:
-                if (d->attempts < (unsigned)p->config.max_attempts && !p->stopping) {
+                if (p->stopping) {
+                        /* Not given up: left unacknowledged for a restart or another
+                         * instance (an HTTP job is lost, as the README says). */
+                        log_info("%s push for '%s' failed (%s) while stopping: left for later.",
+                                 provider, strempty(j->job->app_id), res->reason);
+                        break;
+                }
+                if (d->attempts < (unsigned)p->config.max_attempts) {
                         uint64_t delay = p->config.retry_initial_ms;
                         for (unsigned i = 1; i < d->attempts && delay < p->config.retry_max_ms; i++)
                                 delay *= 2;
@@ -389,6 +396,7 @@ static void on_result(const struct push_result *res, void *userdata) {
                 delivery_final(d);
                 break;
         }
+        pushd_check_drained(p);
 }
 
 static void delivery_send(struct delivery *d) {
@@ -474,8 +482,11 @@ int pushd_job_start(struct pushd *p, struct push_job *job, const char *stream_id
 }
 
 void pushd_check_drained(struct pushd *p) {
-        if (p->stopping && !p->freeing && p->busy == 0 && p->redis_pending == 0)
+        if (p->stopping && !p->freeing && !p->drained && p->busy == 0 &&
+            p->redis_pending == 0) {
+                p->drained = true;
                 daemon_drained(p->daemon);
+        }
 }
 
 static void pushd_stop(struct daemon *d, void *userdata) {

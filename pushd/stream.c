@@ -56,15 +56,16 @@ static void read_later(struct pushd *p, uint64_t ms) {
 }
 
 /* One entry: [id, [field, value, ...]] (fields nil when the entry was deleted meanwhile). */
-static void handle_entry(struct pushd *p, redisReply *e, bool reclaimed, char *last_id,
-                         size_t last_len) {
+static void handle_entry(struct pushd *p, redisReply *e, bool reclaimed, bool check_held,
+                         char *last_id, size_t last_len) {
         if (e->type != REDIS_REPLY_ARRAY || e->elements < 2 ||
             e->element[0]->type != REDIS_REPLY_STRING)
                 return;
         const char *id = e->element[0]->str;
         snprintf(last_id, last_len, "%s", id);
         redisReply *fields = e->element[1];
-        if (pushd_holds(p, id))
+        /* Only pending entries (our history, claims) can be ones we already hold. */
+        if (check_held && pushd_holds(p, id))
                 return;
         if (fields->type != REDIS_REPLY_ARRAY) {
                 /* Deleted (trimmed) before we got to it: nothing to send. */
@@ -100,11 +101,11 @@ static void handle_entry(struct pushd *p, redisReply *e, bool reclaimed, char *l
 }
 
 static size_t handle_entries(struct pushd *p, redisReply *entries, bool reclaimed,
-                             char *last_id, size_t last_len) {
+                             bool check_held, char *last_id, size_t last_len) {
         if (!entries || entries->type != REDIS_REPLY_ARRAY)
                 return 0;
         for (size_t i = 0; i < entries->elements; i++)
-                handle_entry(p, entries->element[i], reclaimed, last_id, last_len);
+                handle_entry(p, entries->element[i], reclaimed, check_held, last_id, last_len);
         return entries->elements;
 }
 
@@ -144,7 +145,8 @@ static void on_read(struct redis *r, redisReply *reply, int error, void *userdat
         /* [[stream, [entries]]], or nil when the block time passed without entries. */
         if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
             reply->element[0]->type == REDIS_REPLY_ARRAY && reply->element[0]->elements == 2)
-                n = handle_entries(p, reply->element[0]->element[1], false, last, sizeof last);
+                n = handle_entries(p, reply->element[0]->element[1], false, !p->history_done,
+                                   last, sizeof last);
         if (!p->history_done) {
                 if (n == 0)
                         p->history_done = true;
@@ -229,7 +231,7 @@ static void on_claim(struct redis *r, redisReply *reply, int error, void *userda
         char last[64] = "";
         if (reply->element[0]->type == REDIS_REPLY_STRING)
                 snprintf(p->claim_cursor, sizeof p->claim_cursor, "%s", reply->element[0]->str);
-        size_t n = handle_entries(p, reply->element[1], true, last, sizeof last);
+        size_t n = handle_entries(p, reply->element[1], true, true, last, sizeof last);
         if (n > 0)
                 log_notice("Took over %zu job(s) left unacknowledged by another consumer.", n);
         /* Redis 7 lists the ids of deleted entries it removed from the pending list. */

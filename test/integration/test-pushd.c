@@ -11,6 +11,7 @@
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -851,6 +852,113 @@ START_TEST(test_pushd_http_intake) {
 }
 END_TEST
 
+
+START_TEST(test_pushd_apns_expired_provider_token) {
+        /* 403 ExpiredProviderToken: a new provider token is signed and the push retried. */
+        struct tl_redis r;
+        tl_redis_start(&r, NULL);
+        struct server apns;
+        server_start(&apns, "apns", "apns", NULL,
+                     "{\"tokens\":{\"" TOK_FLAKY "\":[{\"status\":403,\"reason\":"
+                     "\"ExpiredProviderToken\"},{\"status\":200}]}}");
+        _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
+        _cleanup_free_ char *conf = apns_conf(&r, &apns, key, NULL);
+        struct tl_daemon d = {0};
+        tl_daemon_start(&d, "pushd", conf);
+        _cleanup_free_ char *j = apns_job("call", TOK_FLAKY, "exp-1", NULL);
+        free(xadd(&r, j));
+        json_t *recs = wait_records(&apns, 2, 10000);
+        check_apns_jwt(json_array_get(recs, 0), key);
+        check_apns_jwt(json_array_get(recs, 1), key);
+        ck_assert_str_ne(rec_header(json_array_get(recs, 0), "authorization"),
+                         rec_header(json_array_get(recs, 1), "authorization"));
+        json_decref(recs);
+        wait_counter(&d, "count-pn-sent", 1, 5000);
+        ck_assert_int_eq(counter(&d, "count-pn-retried"), 1);
+        tl_daemon_done(&d);
+        server_stop(&apns);
+        tl_redis_stop(&r);
+}
+END_TEST
+
+START_TEST(test_pushd_sigterm_drains) {
+        /* SIGTERM with a push in flight: pushd waits for the answer, acknowledges, exits 0. */
+        struct tl_redis r;
+        tl_redis_start(&r, NULL);
+        struct server apns;
+        server_start(&apns, "apns", "apns", NULL, "{\"default\":{\"status\":200,\"delay\":1}}");
+        _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
+        _cleanup_free_ char *conf = apns_conf(&r, &apns, key, NULL);
+        struct tl_daemon d = {0};
+        tl_daemon_start(&d, "pushd", conf);
+        _cleanup_free_ char *t = hex_token(500), *j = apns_job("call", t, "drain-1", NULL);
+        free(xadd(&r, j));
+        json_decref(wait_records(&apns, 1, 10000));
+        ck_assert_int_eq(pending(&r), 1);
+        tl_daemon_stop(&d); /* fails unless the exit status is 0 */
+        ck_assert_int_eq(pending(&r), 0);
+        ck_assert_int_eq(redis_int(&r, "XLEN " STREAM), 0);
+        _cleanup_free_ char *log = tl_log(&d.proc);
+        ck_assert_msg(strstr(log, "Drained, exiting."), "%s", log);
+        tl_daemon_done(&d);
+        server_stop(&apns);
+        tl_redis_stop(&r);
+}
+END_TEST
+
+START_TEST(test_pushd_bounded_queue) {
+        /* max-jobs=2: the stream is read no further while two jobs are held, HTTP answers 503. */
+        struct tl_redis r;
+        tl_redis_start(&r, NULL);
+        struct server apns;
+        server_start(&apns, "apns", "apns", NULL, "{\"default\":{\"status\":200,\"delay\":1.5}}");
+        _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
+        int port = tl_free_port();
+        _cleanup_free_ char *more = NULL;
+        ck_assert_int_ge(asprintf(&more,
+                                  "[http-intake]\nlisten=127.0.0.1:%d\nbearer-token=" BEARER "\n",
+                                  port),
+                         0);
+        _cleanup_free_ char *conf = apns_conf(&r, &apns, key, more);
+        /* apns_conf puts [pushd] first: max-jobs goes in a drop-in. */
+        struct tl_daemon d = {0};
+        tl_daemon_write_conf(&d, "pushd", conf);
+        _cleanup_free_ char *dropin_dir = NULL;
+        ck_assert_int_ge(asprintf(&dropin_dir, "%s.d", d.conf), 0);
+        ck_assert_int_eq(mkdir(dropin_dir, 0700), 0);
+        _cleanup_free_ char *dropin = tl_write_file("pushd.conf.d/limits.conf",
+                                                    "[pushd]\nmax-jobs=2\n");
+        tl_daemon_start(&d, "pushd", conf);
+        for (unsigned k = 0; k < 4; k++) {
+                _cleanup_free_ char *t = hex_token(600 + k), *id = NULL, *j = NULL;
+                ck_assert_int_ge(asprintf(&id, "bq-%u", k), 0);
+                j = apns_job("call", t, id, NULL);
+                free(xadd(&r, j));
+        }
+        json_decref(wait_records(&apns, 2, 10000));
+        sleep_ms(300);
+        json_t *recs = server_records(&apns);
+        ck_assert_int_eq(json_array_size(recs), 2);
+        json_decref(recs);
+        ck_assert_int_eq(redis_int(&r, "XLEN " STREAM), 4);
+        char *a = NULL;
+        _cleanup_free_ char *t = hex_token(700), *job = apns_job("call", t, "http-full", NULL);
+        ck_assert_int_eq(http_post(port, "POST", "/v1/push", "Authorization: Bearer " BEARER,
+                                   job, &a),
+                         503);
+        ck_assert_msg(strstr(a, "too many jobs"), "%s", a);
+        free(a);
+        ck_assert_int_eq(counter(&d, "count-http-full"), 1);
+        /* Then all four go through, two at a time. */
+        json_decref(wait_records(&apns, 4, 10000));
+        wait_pending(&r, 0, 10000);
+        wait_counter(&d, "count-pn-sent", 4, 5000);
+        tl_daemon_done(&d);
+        server_stop(&apns);
+        tl_redis_stop(&r);
+}
+END_TEST
+
 /* ---- crash and restart ---- */
 
 START_TEST(test_pushd_killed_and_restarted) {
@@ -1021,6 +1129,7 @@ int main(void) {
         tcase_add_test(tc, test_pushd_apns_token_auth);
         tcase_add_test(tc, test_pushd_apns_errors);
         tcase_add_test(tc, test_pushd_apns_certificate_auth);
+        tcase_add_test(tc, test_pushd_apns_expired_provider_token);
         suite_add_tcase(s, tc);
         tc = tcase_create("fcm");
         tcase_set_timeout(tc, 120);
@@ -1036,6 +1145,8 @@ int main(void) {
         tcase_add_test(tc, test_pushd_http_intake);
         tcase_add_test(tc, test_pushd_killed_and_restarted);
         tcase_add_test(tc, test_pushd_other_instance_takes_over);
+        tcase_add_test(tc, test_pushd_sigterm_drains);
+        tcase_add_test(tc, test_pushd_bounded_queue);
         suite_add_tcase(s, tc);
         tc = tcase_create("config");
         tcase_set_timeout(tc, 60);
