@@ -115,7 +115,7 @@ static void on_request(struct evhttp_request *req, void *userdata) {
                                    (json_int_t)job->n_tokens);
         stats_inc(p->stats.jobs_http);
         _cleanup_free_ char *raw = strndup(body ? body : "", body ? len : 0);
-        r = pushd_job_start(p, job, NULL, raw);
+        r = pushd_job_start(p, job, NULL, raw, false);
         if (r < 0) {
                 json_decref(answer);
                 reply_error(req, HTTP_INTERNAL, "Internal Server Error", strerror(-r));

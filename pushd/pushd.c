@@ -66,6 +66,9 @@ static const struct conf_option pushd_rows[] = {
         {"redis", "dead-token-channel", CONF_STRING, C(dead_token_channel),
          "sipfleet:push:dead-tokens", 0, 0, 0,
          "Channel where tokens the provider declared invalid are published (JSON)"},
+        {"redis", "max-deliveries", CONF_INT, C(max_deliveries), "10", 1, 1000, 0,
+         "An entry handed out this many times without being acknowledged (pushd instances "
+         "dying on it) goes to the dead-letter stream instead of being sent again"},
         {"redis", "batch-size", CONF_INT, C(batch_size), "100", 1, 10000, 0,
          "Entries read from the stream at once"},
         {"redis", "block-time", CONF_DURATION, C(block_ms), "1s", 0, 0, 0,
@@ -136,6 +139,7 @@ struct pushd_job {
         char *raw;
         size_t n_left;
         bool starting;
+        bool checking; /* waiting for XPENDING's delivery count */
         struct delivery *deliveries;
         struct pushd_job *prev, *next;
 };
@@ -194,9 +198,11 @@ void pushd_free(struct pushd *p) {
         http2_free(p->http2);
         apns_free(p->apns);
         generic_free(p->generic);
+        /* Redis before the jobs: a delivery-count check in flight points at its job. */
+        redis_free(p->redis);
+        p->redis = NULL;
         while (p->jobs)
                 job_free(p->jobs);
-        redis_free(p->redis);
         free(p->consumer);
         free(p);
 }
@@ -447,8 +453,55 @@ static void delivery_send(struct delivery *d) {
         on_result(&res, d);
 }
 
+static void job_send_all(struct pushd_job *j) {
+        j->starting = true;
+        for (size_t i = 0; i < j->job->n_tokens; i++)
+                delivery_send(&j->deliveries[i]);
+        j->starting = false;
+        if (j->n_left == 0)
+                job_finish(j);
+}
+
+/* XPENDING <stream> <group> <id> <id> 1 → [[id, consumer, idle ms, deliveries]]. */
+static void on_pending(struct redis *r, redisReply *reply, int error, void *userdata) {
+        struct pushd_job *j = userdata;
+        struct pushd *p = j->p;
+        p->redis_pending--;
+        j->checking = false;
+        if (p->freeing)
+                return;
+        if (p->stopping) {
+                pushd_check_drained(p); /* left pending for later */
+                return;
+        }
+        long long deliveries = 0;
+        if (error >= 0 && reply->type == REDIS_REPLY_ARRAY && reply->elements == 1 &&
+            reply->element[0]->type == REDIS_REPLY_ARRAY && reply->element[0]->elements == 4 &&
+            reply->element[0]->element[3]->type == REDIS_REPLY_INTEGER)
+                deliveries = reply->element[0]->element[3]->integer;
+        if (deliveries > p->config.max_deliveries) {
+                char reason[128];
+                snprintf(reason, sizeof reason,
+                         "handed out %lld times without an answer (max-deliveries=%lld)",
+                         deliveries, (long long)p->config.max_deliveries);
+                _cleanup_free_ char *id = strdup(j->stream_id), *raw = j->raw ? strdup(j->raw) : NULL;
+                job_free(j);
+                if (id)
+                        pushd_reject_entry(p, id, raw, reason);
+                stream_kick(p);
+                return;
+        }
+        /* Not found (acknowledged meanwhile by another instance): nothing to send. */
+        if (error >= 0 && reply->type == REDIS_REPLY_ARRAY && reply->elements == 0) {
+                job_free(j);
+                stream_kick(p);
+                return;
+        }
+        job_send_all(j);
+}
+
 int pushd_job_start(struct pushd *p, struct push_job *job, const char *stream_id,
-                    const char *raw) {
+                    const char *raw, bool check_deliveries) {
         struct pushd_job *j = calloc(1, sizeof *j);
         if (!j) {
                 push_job_free(job);
@@ -470,14 +523,17 @@ int pushd_job_start(struct pushd *p, struct push_job *job, const char *stream_id
                 return -ENOMEM;
         }
         stats_inc(p->stats.jobs_received);
-        j->starting = true;
-        for (size_t i = 0; i < job->n_tokens; i++) {
+        for (size_t i = 0; i < job->n_tokens; i++)
                 j->deliveries[i] = (struct delivery){.job = j, .index = i};
-                delivery_send(&j->deliveries[i]);
+        if (check_deliveries && p->redis &&
+            redis_command(p->redis, on_pending, j, "XPENDING %s %s %s %s 1", p->config.stream,
+                          p->config.group, j->stream_id, j->stream_id) >= 0) {
+                /* Held, not sent, until Redis says how often it was handed out. */
+                j->checking = true;
+                p->redis_pending++;
+                return 0;
         }
-        j->starting = false;
-        if (j->n_left == 0)
-                job_finish(j);
+        job_send_all(j);
         return 0;
 }
 
@@ -525,7 +581,7 @@ static int declare_stats(struct pushd *p) {
             !D(jobs_reclaimed, "count-jobs-reclaimed",
                "Jobs taken over from a consumer that left them unacknowledged") ||
             !D(jobs_http, "count-jobs-http", "Jobs received with POST /v1/push") ||
-            !D(jobs_invalid, "count-jobs-invalid", "Jobs refused as invalid") ||
+            !D(jobs_invalid, "count-jobs-invalid", "Jobs refused: invalid, or handed out more than max-deliveries times") ||
             !D(jobs_done, "count-jobs-done", "Jobs finished (every token answered)") ||
             !D(jobs_dead_lettered, "count-dead-lettered",
                "Pushes given up and written to the dead-letter stream") ||

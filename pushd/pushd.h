@@ -39,6 +39,7 @@ struct pushd_config {
         char *dead_letter_stream;
         int64_t dead_letter_max_length;
         char *dead_token_channel;
+        int64_t max_deliveries;
         int64_t batch_size;
         uint64_t block_ms;
         uint64_t claim_idle_ms;
@@ -67,9 +68,11 @@ struct pushd_job;
 size_t pushd_free_slots(struct pushd *p);
 bool pushd_holds(struct pushd *p, const char *stream_id);
 /* Takes job over (also on failure). stream_id: the stream entry (NULL for HTTP); raw: the JSON
- * text as received, kept for the dead-letter stream. */
+ * text as received, kept for the dead-letter stream. check_deliveries: an entry handed out
+ * before (our history, a claim): ask Redis its delivery count first and dead-letter it beyond
+ * max-deliveries. */
 int pushd_job_start(struct pushd *p, struct push_job *job, const char *stream_id,
-                    const char *raw);
+                    const char *raw, bool check_deliveries);
 /* An entry that cannot be pushed at all: dead-letter it with the reason, then ack it. */
 void pushd_reject_entry(struct pushd *p, const char *stream_id, const char *raw,
                         const char *reason);

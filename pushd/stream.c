@@ -96,7 +96,7 @@ static void handle_entry(struct pushd *p, redisReply *e, bool reclaimed, bool ch
                 return;
         }
         log_debug("Job %s from the stream%s.", id, reclaimed ? " (taken over)" : "");
-        if (pushd_job_start(p, job, id, raw) < 0)
+        if (pushd_job_start(p, job, id, raw, check_held) < 0)
                 log_oom();
 }
 

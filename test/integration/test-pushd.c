@@ -953,6 +953,7 @@ START_TEST(test_pushd_bounded_queue) {
         json_decref(wait_records(&apns, 4, 10000));
         wait_pending(&r, 0, 10000);
         wait_counter(&d, "count-pn-sent", 4, 5000);
+        unlink(dropin);
         tl_daemon_done(&d);
         server_stop(&apns);
         tl_redis_stop(&r);
@@ -1017,6 +1018,50 @@ START_TEST(test_pushd_killed_and_restarted) {
         ck_assert_int_eq(redis_int(&r, "XLEN " STREAM), 0);
         ck_assert_int_eq(counter(&d, "count-pn-sent"), 5);
 
+        tl_daemon_done(&d);
+        server_stop(&apns);
+        tl_redis_stop(&r);
+}
+END_TEST
+
+START_TEST(test_pushd_max_deliveries) {
+        /* An entry handed out twice already (two instances died on it): with max-deliveries=2
+         * the third hand-out dead-letters it instead of sending it. */
+        struct tl_redis r;
+        tl_redis_start(&r, NULL);
+        struct server apns;
+        server_start(&apns, "apns", "apns", NULL, NULL);
+        _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
+        _cleanup_free_ char *more = strdup("[redis]\nmax-deliveries=2\n");
+        _cleanup_free_ char *conf = apns_conf(&r, &apns, key, NULL);
+        _cleanup_free_ char *t = hex_token(800), *j = apns_job("call", t, "poison-1", NULL);
+        _cleanup_free_ char *g = tl_redis_cmd(&r, "XGROUP CREATE %s pushd 0 MKSTREAM", STREAM);
+        _cleanup_free_ char *id = xadd(&r, j);
+        for (int k = 0; k < 2; k++) {
+                _cleanup_free_ char *got = tl_redis_cmd(&r, "XREADGROUP GROUP pushd pushd-a COUNT 10 "
+                                                             "STREAMS %s 0", STREAM);
+                if (k == 0) {
+                        free(got);
+                        got = tl_redis_cmd(&r, "XREADGROUP GROUP pushd pushd-a COUNT 10 STREAMS %s >",
+                                           STREAM);
+                }
+                ck_assert_msg(got && strstr(got, id), "%s", strna(got));
+        }
+        struct tl_daemon d = {0};
+        tl_daemon_write_conf(&d, "pushd", conf);
+        _cleanup_free_ char *dropin_dir = NULL;
+        ck_assert_int_ge(asprintf(&dropin_dir, "%s.d", d.conf), 0);
+        mkdir(dropin_dir, 0700);
+        _cleanup_free_ char *dropin = tl_write_file("pushd.conf.d/deliveries.conf", more);
+        tl_daemon_start(&d, "pushd", conf);
+        wait_pending(&r, 0, 5000);
+        _cleanup_free_ char *dl = tl_redis_cmd(&r, "XRANGE " DEAD_LETTER " - +");
+        ck_assert_msg(dl && strstr(dl, "handed out 3 times") && strstr(dl, id), "%s", strna(dl));
+        json_t *recs = server_records(&apns);
+        ck_assert_int_eq(json_array_size(recs), 0);
+        json_decref(recs);
+        ck_assert_int_eq(redis_int(&r, "XLEN " STREAM), 0);
+        unlink(dropin);
         tl_daemon_done(&d);
         server_stop(&apns);
         tl_redis_stop(&r);
@@ -1145,6 +1190,7 @@ int main(void) {
         tcase_add_test(tc, test_pushd_http_intake);
         tcase_add_test(tc, test_pushd_killed_and_restarted);
         tcase_add_test(tc, test_pushd_other_instance_takes_over);
+        tcase_add_test(tc, test_pushd_max_deliveries);
         tcase_add_test(tc, test_pushd_sigterm_drains);
         tcase_add_test(tc, test_pushd_bounded_queue);
         suite_add_tcase(s, tc);
