@@ -1068,6 +1068,30 @@ START_TEST(test_pushd_max_deliveries) {
 }
 END_TEST
 
+START_TEST(test_pushd_redis_reconnect) {
+        /* Redis drops every client: pushd reconnects both links and goes on reading. */
+        struct tl_redis r;
+        tl_redis_start(&r, NULL);
+        struct server apns;
+        server_start(&apns, "apns", "apns", NULL, NULL);
+        _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
+        _cleanup_free_ char *conf = apns_conf(&r, &apns, key, NULL);
+        struct tl_daemon d = {0};
+        tl_daemon_start(&d, "pushd", conf);
+        for (unsigned k = 0; k < 3; k++) {
+                _cleanup_free_ char *t = hex_token(900 + k), *j = apns_job("call", t, "rc", NULL);
+                free(xadd(&r, j));
+                wait_counter(&d, "count-pn-sent", k + 1, 10000);
+                wait_pending(&r, 0, 5000);
+                _cleanup_free_ char *killed = tl_redis_cmd(&r, "CLIENT KILL TYPE normal");
+                ck_assert_msg(killed && atoi(killed) >= 2, "killed: %s", strna(killed));
+        }
+        tl_daemon_done(&d);
+        server_stop(&apns);
+        tl_redis_stop(&r);
+}
+END_TEST
+
 START_TEST(test_pushd_other_instance_takes_over) {
         /* Instance a dies with jobs; instance b (another consumer) claims them once idle. */
         struct tl_redis r;
@@ -1191,6 +1215,7 @@ int main(void) {
         tcase_add_test(tc, test_pushd_killed_and_restarted);
         tcase_add_test(tc, test_pushd_other_instance_takes_over);
         tcase_add_test(tc, test_pushd_max_deliveries);
+        tcase_add_test(tc, test_pushd_redis_reconnect);
         tcase_add_test(tc, test_pushd_sigterm_drains);
         tcase_add_test(tc, test_pushd_bounded_queue);
         suite_add_tcase(s, tc);
