@@ -161,6 +161,19 @@ int fcm_new(const struct fcm_config *cfg, struct http2 *h, const struct push_htt
                         return r;
                 }
         }
+        STRV_FOREACH(alias, cfg->project_aliases) {
+                const char *eq = strchr(*alias, '=');
+                bool known = false;
+                for (struct fcm_client *c = f->clients; eq && c; c = c->next)
+                        known = known || streq(c->project_id, eq + 1);
+                if (!eq || eq == *alias || !known) {
+                        int r = asprintf(error, "[fcm] project-aliases: '%s' is not "
+                                                "alias=project_id of a service account",
+                                         *alias);
+                        fcm_free(f);
+                        return r < 0 ? -ENOMEM : -EINVAL;
+                }
+        }
         *ret = f;
         return 0;
 }
@@ -396,9 +409,16 @@ static int post_message(struct fcm_client *c, const struct push_job *j, const ch
 
 int fcm_send(struct fcm *f, const struct push_job *j, const char *token, push_done_fn cb,
              void *userdata) {
+        const char *project = j->app_id;
+        size_t len = strlen(project);
+        STRV_FOREACH(alias, f ? f->cfg.project_aliases : NULL)
+                if (strncmp(*alias, project, len) == 0 && (*alias)[len] == '=') {
+                        project = *alias + len + 1;
+                        break;
+                }
         struct fcm_client *c = f ? f->clients : NULL;
         for (; c; c = c->next)
-                if (streq(c->project_id, j->app_id))
+                if (streq(c->project_id, project))
                         break;
         if (!c)
                 return -ENOENT;

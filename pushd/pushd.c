@@ -110,6 +110,9 @@ static const struct conf_option pushd_rows[] = {
         {"fcm", "service-account-files", CONF_LIST, C(fcm.service_account_files), NULL, 0, 0,
          0, "Google service account JSON files, one per Firebase project (a job's app-id is "
             "the project id)"},
+        {"fcm", "project-aliases", CONF_LIST, C(fcm.project_aliases), NULL, 0, 0, 0,
+         "Other names for a project as alias=project_id, e.g. the project number (sender "
+         "id) that RFC 8599 pn-param carries: 123456789012=my-project"},
         {"fcm", "url", CONF_STRING, C(fcm.url), "https://fcm.googleapis.com", 0, 0, 0,
          "FCM endpoint"},
         {"fcm", "token-anticipation", CONF_DURATION, C(fcm.token_anticipation_ms), "5min", 0,

@@ -547,6 +547,7 @@ START_TEST(test_pushd_fcm) {
                                   "server=127.0.0.1:%d\n"
                                   "[fcm]\n"
                                   "service-account-files=%s\n"
+                                  "project-aliases=123456789012=test-project\n"
                                   "url=https://127.0.0.1:%d\n",
                                   tls_dir(), r.port, sa, fcm.port),
                          0);
@@ -602,8 +603,9 @@ START_TEST(test_pushd_fcm) {
                       "\"test-project\",\"type\":\"message\"}"));
         free(xadd(&r, "{\"provider\":\"fcm\",\"token\":\"fcm-invalid-token\",\"app-id\":"
                       "\"test-project\",\"type\":\"message\"}"));
+        /* The project number works as well (alias). */
         free(xadd(&r, "{\"provider\":\"fcm\",\"token\":\"fcm-flaky-token\",\"app-id\":"
-                      "\"test-project\",\"type\":\"background\"}"));
+                      "\"123456789012\",\"type\":\"background\"}"));
         /* A project without a service account: given up at once. */
         free(xadd(&r, "{\"provider\":\"fcm\",\"token\":\"t\",\"app-id\":\"other-project\","
                       "\"type\":\"call\"}"));
@@ -1153,6 +1155,10 @@ START_TEST(test_pushd_config_errors) {
                 {"[redis]\nserver=127.0.0.1:1\n[fcm]\nservice-account-files=/etc/hostname\n",
                  "[fcm] service account '/etc/hostname'"},
                 {"[redis]\nserver=127.0.0.1:1\n[apns]\nteam-idd=x\n", "team-id"},
+                {"[redis]\nserver=127.0.0.1:1\n[generic]\nurl=ftp://x/$token\n",
+                 "must start with https://"},
+                {"[redis]\nserver=127.0.0.1:1\n[pushd]\nca-file=/nonexistent.pem\n",
+                 "ca-file '/nonexistent.pem'"},
         };
         for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
                 _cleanup_free_ char *path = tl_write_file("bad.conf", cases[i].conf);
