@@ -883,6 +883,39 @@ START_TEST(test_pushd_apns_expired_provider_token) {
 }
 END_TEST
 
+START_TEST(test_pushd_timeout_retried) {
+        /* No answer within request-timeout: the push is tried again (and the late answer of the
+         * first try is ignored). */
+        struct tl_redis r;
+        tl_redis_start(&r, NULL);
+        struct server apns;
+        server_start(&apns, "apns", "apns", NULL,
+                     "{\"tokens\":{\"" TOK_FLAKY "\":[{\"status\":200,\"delay\":3},"
+                     "{\"status\":200}]}}");
+        _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
+        _cleanup_free_ char *conf = apns_conf(&r, &apns, key, NULL);
+        struct tl_daemon d = {0};
+        tl_daemon_write_conf(&d, "pushd", conf);
+        _cleanup_free_ char *dropin_dir = NULL;
+        ck_assert_int_ge(asprintf(&dropin_dir, "%s.d", d.conf), 0);
+        mkdir(dropin_dir, 0700);
+        _cleanup_free_ char *dropin = tl_write_file("pushd.conf.d/timeout.conf",
+                                                    "[pushd]\nrequest-timeout=1s\n");
+        tl_daemon_start(&d, "pushd", conf);
+        _cleanup_free_ char *j = apns_job("call", TOK_FLAKY, "slow-1", NULL);
+        free(xadd(&r, j));
+        json_decref(wait_records(&apns, 2, 10000));
+        wait_counter(&d, "count-pn-sent", 1, 5000);
+        wait_pending(&r, 0, 5000);
+        ck_assert_int_eq(counter(&d, "count-pn-retried"), 1);
+        ck_assert_int_eq(counter(&d, "count-pn-failed"), 0);
+        unlink(dropin);
+        tl_daemon_done(&d);
+        server_stop(&apns);
+        tl_redis_stop(&r);
+}
+END_TEST
+
 START_TEST(test_pushd_sigterm_drains) {
         /* SIGTERM with a push in flight: pushd waits for the answer, acknowledges, exits 0. */
         struct tl_redis r;
@@ -1205,6 +1238,7 @@ int main(void) {
         tcase_add_test(tc, test_pushd_apns_errors);
         tcase_add_test(tc, test_pushd_apns_certificate_auth);
         tcase_add_test(tc, test_pushd_apns_expired_provider_token);
+        tcase_add_test(tc, test_pushd_timeout_retried);
         suite_add_tcase(s, tc);
         tc = tcase_create("fcm");
         tcase_set_timeout(tc, 120);
