@@ -13,7 +13,7 @@
 #include "loop.h"
 
 /* Apple's limits: 4 KiB for regular pushes, 5 KiB for VoIP pushes. */
-#define APNS_MAX_PAYLOAD 4096
+#define APNS_MAX_PAYLOAD      4096
 #define APNS_MAX_VOIP_PAYLOAD 5120
 
 struct apns {
@@ -46,7 +46,7 @@ int apns_new(const struct apns_config *cfg, struct http2 *h, const struct push_h
                                : -EINVAL;
         if (token && (isempty(cfg->key_id) || isempty(cfg->team_id)))
                 return asprintf(error, "[apns] key-file needs key-id and team-id") < 0 ? -ENOMEM
-                                                                                      : -EINVAL;
+                                                                                       : -EINVAL;
         struct apns *a = calloc(1, sizeof *a);
         if (!a)
                 return -ENOMEM;
@@ -68,7 +68,7 @@ int apns_new(const struct apns_config *cfg, struct http2 *h, const struct push_h
                 int e = errno;
                 free(a);
                 return asprintf(error, "[apns] certificate files: %s", strerror(e)) < 0 ? -ENOMEM
-                                                                                      : -EINVAL;
+                                                                                        : -EINVAL;
         }
         *ret = a;
         return 0;
@@ -89,8 +89,8 @@ static const char *provider_token(struct apns *a, bool force) {
         if (a->jwt && !force && now - a->jwt_issued < a->cfg.token_lifetime_ms)
                 return a->jwt;
         json_t *header = json_pack("{s:s}", "kid", a->cfg.key_id);
-        json_t *claims = json_pack("{s:s,s:I}", "iss", a->cfg.team_id, "iat",
-                                   (json_int_t)time(NULL));
+        json_t *claims =
+                json_pack("{s:s,s:I}", "iss", a->cfg.team_id, "iat", (json_int_t)time(NULL));
         char *jwt = NULL;
         int r = header && claims ? jwt_sign(a->key, JWT_ES256, header, claims, &jwt) : -ENOMEM;
         json_decref(header);
@@ -252,9 +252,11 @@ int apns_send(struct apns *a, const struct push_job *j, const char *token, push_
                        j->type == PUSH_TYPE_CALL ? ".voip" : "") < 0 ||
             add_header(&headers, "apns-push-type: %s", push_types[j->type]) < 0 ||
             /* Apple wants 5 for background pushes, 10 delivers at once. */
-            add_header(&headers, "apns-priority: %d", j->type == PUSH_TYPE_BACKGROUND ? 5 : 10) < 0 ||
+            add_header(&headers, "apns-priority: %d", j->type == PUSH_TYPE_BACKGROUND ? 5 : 10) <
+                    0 ||
             add_header(&headers, "apns-expiration: %lld",
-                       j->ttl > 0 ? (long long)(realtime_msec() / 1000 + (uint64_t)j->ttl) : 0LL) < 0 ||
+                       j->ttl > 0 ? (long long)(realtime_msec() / 1000 + (uint64_t)j->ttl) : 0LL) <
+                    0 ||
             (j->collapse_id && add_header(&headers, "apns-collapse-id: %s", j->collapse_id) < 0) ||
             add_header(&headers, "content-type: application/json") < 0)
                 goto oom;

@@ -12,7 +12,7 @@
 #include "log.h"
 #include "loop.h"
 
-#define FCM_SCOPE "https://www.googleapis.com/auth/firebase.messaging"
+#define FCM_SCOPE       "https://www.googleapis.com/auth/firebase.messaging"
 #define FCM_MAX_MESSAGE 4096
 
 struct fcm_waiter {
@@ -92,8 +92,9 @@ static int load_account(struct fcm *f, const char *path, char **error) {
         const char *fields[] = {"project_id", "client_email", "private_key", "token_uri"};
         int r = 0;
         if (!type || !streq(type, "service_account"))
-                r = asprintf(error, "[fcm] '%s' is not a service account (\"type\" is not "
-                                    "\"service_account\")",
+                r = asprintf(error,
+                             "[fcm] '%s' is not a service account (\"type\" is not "
+                             "\"service_account\")",
                              path);
         for (size_t i = 0; r == 0 && i < ELEMENTSOF(fields); i++)
                 if (isempty(json_string_value(json_object_get(o, fields[i]))))
@@ -130,8 +131,9 @@ static int load_account(struct fcm *f, const char *path, char **error) {
         if (r < 0 || !c->project_id || !c->client_email || !c->token_uri) {
                 client_free(c);
                 if (r < 0)
-                        return asprintf(error, "[fcm] service account '%s': \"private_key\" is "
-                                               "not a PEM RSA private key of 2048 bits or more",
+                        return asprintf(error,
+                                        "[fcm] service account '%s': \"private_key\" is "
+                                        "not a PEM RSA private key of 2048 bits or more",
                                         path) < 0
                                        ? -ENOMEM
                                        : -EINVAL;
@@ -167,8 +169,9 @@ int fcm_new(const struct fcm_config *cfg, struct http2 *h, const struct push_htt
                 for (struct fcm_client *c = f->clients; eq && c; c = c->next)
                         known = known || streq(c->project_id, eq + 1);
                 if (!eq || eq == *alias || !known) {
-                        int r = asprintf(error, "[fcm] project-aliases: '%s' is not "
-                                                "alias=project_id of a service account",
+                        int r = asprintf(error,
+                                         "[fcm] project-aliases: '%s' is not "
+                                         "alias=project_id of a service account",
                                          *alias);
                         fcm_free(f);
                         return r < 0 ? -ENOMEM : -EINVAL;
@@ -204,8 +207,8 @@ json_t *fcm_message(const struct push_job *j, const char *token) {
                 set_data(data, "custom", custom);
                 free(custom);
         }
-        json_t *android = json_pack("{s:s}", "priority",
-                                    j->type == PUSH_TYPE_BACKGROUND ? "normal" : "high");
+        json_t *android =
+                json_pack("{s:s}", "priority", j->type == PUSH_TYPE_BACKGROUND ? "normal" : "high");
         if (android && j->ttl >= 0) {
                 char ttl[32];
                 snprintf(ttl, sizeof ttl, "%llds", (long long)j->ttl);
@@ -213,8 +216,8 @@ json_t *fcm_message(const struct push_job *j, const char *token) {
         }
         if (android && j->collapse_id)
                 json_object_set_new(android, "collapse_key", json_string(j->collapse_id));
-        return json_pack("{s:{s:s,s:o,s:o}}", "message", "token", token, "android", android,
-                         "data", data);
+        return json_pack("{s:{s:s,s:o,s:o}}", "message", "token", token, "android", android, "data",
+                         data);
 }
 
 static void waiter_result(struct fcm_waiter *w, enum push_outcome o, long status,
@@ -380,7 +383,8 @@ static int post_message(struct fcm_client *c, const struct push_job *j, const ch
             asprintf(&auth, "authorization: Bearer %s", c->access_token) < 0)
                 return -ENOMEM;
         struct curl_slist *headers = curl_slist_append(NULL, auth);
-        struct curl_slist *h2 = headers ? curl_slist_append(headers, "content-type: application/json") : NULL;
+        struct curl_slist *h2 =
+                headers ? curl_slist_append(headers, "content-type: application/json") : NULL;
         if (!h2) {
                 curl_slist_free_all(headers);
                 return -ENOMEM;
@@ -429,8 +433,11 @@ int fcm_send(struct fcm *f, const struct push_job *j, const char *token, push_do
         struct fcm_waiter *w = calloc(1, sizeof *w);
         if (!w)
                 return -ENOMEM;
-        *w = (struct fcm_waiter){.c = c, .job = (struct push_job *)j, .token = strdup(token),
-                                 .cb = cb, .userdata = userdata};
+        *w = (struct fcm_waiter){.c = c,
+                                 .job = (struct push_job *)j,
+                                 .token = strdup(token),
+                                 .cb = cb,
+                                 .userdata = userdata};
         if (!w->token) {
                 free(w);
                 return -ENOMEM;

@@ -17,8 +17,8 @@ struct json_t;
 
 struct fcm_config {
         char **service_account_files;
-        char **project_aliases; /* "alias=project_id": other names a job's app-id may use */
-        char *url;                    /* https://fcm.googleapis.com */
+        char **project_aliases;         /* "alias=project_id": other names a job's app-id may use */
+        char *url;                      /* https://fcm.googleapis.com */
         uint64_t token_anticipation_ms; /* refresh the access token this long before expiry */
 };
 

@@ -48,11 +48,16 @@ char *generic_expand(const char *tmpl, const struct push_job *j, const char *tok
                 const char *name;
                 const char *value;
         } vars[] = {
-                {"$token", token},         {"$type", push_type_name(j->type)},
-                {"$app-id", j->app_id},    {"$from-uri", j->from_uri},
-                {"$from-name", j->from_name}, {"$call-id", j->call_id},
-                {"$msg-id", j->msg_id},    {"$uuid", j->uuid},
-                {"$text", j->text},        {"$provider", push_provider_name(j->provider)},
+                {"$token", token},
+                {"$type", push_type_name(j->type)},
+                {"$app-id", j->app_id},
+                {"$from-uri", j->from_uri},
+                {"$from-name", j->from_name},
+                {"$call-id", j->call_id},
+                {"$msg-id", j->msg_id},
+                {"$uuid", j->uuid},
+                {"$text", j->text},
+                {"$provider", push_provider_name(j->provider)},
                 {"$job-id", j->id},
         };
         char *buf = NULL;
@@ -95,10 +100,10 @@ static void on_response(const struct http2_response *resp, void *userdata) {
                 snprintf(res.reason, sizeof res.reason, "%s", resp->error_text);
         } else {
                 long st = resp->status;
-                res.outcome = st >= 200 && st < 300           ? PUSH_OUTCOME_SENT
-                              : st == 404 || st == 410        ? PUSH_OUTCOME_DEAD_TOKEN
-                              : st == 429 || st >= 500        ? PUSH_OUTCOME_RETRY
-                                                              : PUSH_OUTCOME_FAILED;
+                res.outcome = st >= 200 && st < 300    ? PUSH_OUTCOME_SENT
+                              : st == 404 || st == 410 ? PUSH_OUTCOME_DEAD_TOKEN
+                              : st == 429 || st >= 500 ? PUSH_OUTCOME_RETRY
+                                                       : PUSH_OUTCOME_FAILED;
                 if (res.outcome != PUSH_OUTCOME_SENT)
                         snprintf(res.reason, sizeof res.reason, "HTTP %ld", st);
         }
@@ -106,8 +111,8 @@ static void on_response(const struct http2_response *resp, void *userdata) {
         free(req);
 }
 
-int generic_send(struct generic *g, const struct push_job *j, const char *token,
-                 push_done_fn cb, void *userdata) {
+int generic_send(struct generic *g, const struct push_job *j, const char *token, push_done_fn cb,
+                 void *userdata) {
         _cleanup_free_ char *url = generic_expand(g->cfg.url, j, token), *body = NULL;
         if (!url)
                 return -ENOMEM;

@@ -13,8 +13,8 @@ struct push_job;
 struct generic;
 
 struct generic_config {
-        char *url;   /* empty: no generic provider */
-        int method;  /* 0 GET, 1 POST */
+        char *url;  /* empty: no generic provider */
+        int method; /* 0 GET, 1 POST */
 };
 
 int generic_new(const struct generic_config *cfg, struct http2 *h,
@@ -23,5 +23,5 @@ void generic_free(struct generic *g);
 /* The URL for one job and token, malloc'd (exposed for the tests). */
 char *generic_expand(const char *tmpl, const struct push_job *j, const char *token);
 /* cb is called exactly once, later; < 0 (-ENOMEM) without calling cb. */
-int generic_send(struct generic *g, const struct push_job *j, const char *token,
-                 push_done_fn cb, void *userdata);
+int generic_send(struct generic *g, const struct push_job *j, const char *token, push_done_fn cb,
+                 void *userdata);

@@ -123,8 +123,8 @@ static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *s
                 }
                 return 0;
         }
-        unsigned events = (what & CURL_POLL_IN ? LOOP_READ : 0) |
-                          (what & CURL_POLL_OUT ? LOOP_WRITE : 0);
+        unsigned events =
+                (what & CURL_POLL_IN ? LOOP_READ : 0) | (what & CURL_POLL_OUT ? LOOP_WRITE : 0);
         if (!sock) {
                 sock = calloc(1, sizeof *sock);
                 if (!sock)
@@ -210,8 +210,8 @@ void http2_cancel(struct http2_transfer *t) {
         transfer_free(t);
 }
 
-int http2_send(struct http2 *h, const struct http2_request *req, http2_done_fn cb,
-               void *userdata, struct http2_transfer **ret) {
+int http2_send(struct http2 *h, const struct http2_request *req, http2_done_fn cb, void *userdata,
+               struct http2_transfer **ret) {
         struct http2_transfer *t = calloc(1, sizeof *t);
         if (!t) {
                 curl_slist_free_all(req->headers);

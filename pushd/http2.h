@@ -15,7 +15,7 @@ struct http2;
 struct curl_slist;
 
 struct http2_response {
-        int error;         /* 0, or -errno for a transport failure (status then 0) */
+        int error;              /* 0, or -errno for a transport failure (status then 0) */
         const char *error_text; /* curl's message when error < 0 */
         long status;
         const char *body; /* NUL-terminated, truncated to HTTP2_MAX_RESPONSE bytes */
@@ -33,9 +33,9 @@ struct http2_request {
         struct curl_slist *headers; /* taken over, also on failure */
         const char *body;           /* copied; may be NULL */
         size_t body_len;
-        const char *ca_file;        /* NULL: the system's CAs */
-        const char *cert_file;      /* TLS client certificate (PEM), optional */
-        const char *key_file;       /* its key; NULL: in cert_file */
+        const char *ca_file;   /* NULL: the system's CAs */
+        const char *cert_file; /* TLS client certificate (PEM), optional */
+        const char *key_file;  /* its key; NULL: in cert_file */
         uint64_t timeout_ms;
         /* Called with the userdata when the transfer is dropped (http2_cancel, http2_free)
          * before its callback ran; may be NULL. */
@@ -49,8 +49,8 @@ void http2_free(struct http2 *h);
 /* Starts a transfer; cb runs exactly once, from the loop, never from within this call.
  * Returns an opaque handle to cancel it, or NULL on failure (-ENOMEM, bad options). */
 struct http2_transfer;
-int http2_send(struct http2 *h, const struct http2_request *req, http2_done_fn cb,
-               void *userdata, struct http2_transfer **ret);
+int http2_send(struct http2 *h, const struct http2_request *req, http2_done_fn cb, void *userdata,
+               struct http2_transfer **ret);
 /* Drops a transfer without calling its callback. */
 void http2_cancel(struct http2_transfer *t);
 

@@ -70,8 +70,8 @@ static void on_request(struct evhttp_request *req, void *userdata) {
                 reply_error(req, HTTP_BADMETHOD, "Method Not Allowed", "use POST");
                 return;
         }
-        const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req),
-                                              "Authorization");
+        const char *auth =
+                evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
         if (!bearer_ok(auth, p->config.http_bearer_token)) {
                 stats_inc(p->stats.http_unauthorized);
                 evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
@@ -99,20 +99,18 @@ static void on_request(struct evhttp_request *req, void *userdata) {
         int r = push_job_parse(body ? body : "", body ? len : 0, &job, &error);
         if (r < 0) {
                 stats_inc(p->stats.http_bad_request);
-                reply_error(req, HTTP_BADREQUEST, "Bad Request",
-                            error ? error : strerror(-r));
+                reply_error(req, HTTP_BADREQUEST, "Bad Request", error ? error : strerror(-r));
                 return;
         }
-        if (!job->id && asprintf(&job->id, "http-%llu-%llu",
-                                 (unsigned long long)(realtime_msec() / 1000),
-                                 (unsigned long long)++p->http_serial) < 0) {
+        if (!job->id &&
+            asprintf(&job->id, "http-%llu-%llu", (unsigned long long)(realtime_msec() / 1000),
+                     (unsigned long long)++p->http_serial) < 0) {
                 job->id = NULL;
                 push_job_free(job);
                 reply_error(req, HTTP_INTERNAL, "Internal Server Error", "out of memory");
                 return;
         }
-        json_t *answer = json_pack("{s:s,s:I}", "id", job->id, "tokens",
-                                   (json_int_t)job->n_tokens);
+        json_t *answer = json_pack("{s:s,s:I}", "id", job->id, "tokens", (json_int_t)job->n_tokens);
         stats_inc(p->stats.jobs_http);
         _cleanup_free_ char *raw = strndup(body ? body : "", body ? len : 0);
         r = pushd_job_start(p, job, NULL, raw, false);

@@ -109,9 +109,9 @@ static int check_token(const struct push_job *j, const char *t, char **error) {
 }
 
 static const char *const known_keys[] = {
-        "provider", "token",   "tokens",  "app-id",   "type", "sandbox", "id",
-        "from-uri", "from-name", "call-id", "msg-id", "uuid", "loc-key", "text",
-        "ttl",      "collapse-id", "custom",
+        "provider", "token",    "tokens",    "app-id",      "type",   "sandbox",
+        "id",       "from-uri", "from-name", "call-id",     "msg-id", "uuid",
+        "loc-key",  "text",     "ttl",       "collapse-id", "custom",
 };
 
 static bool valid_app_id(const char *s) {
@@ -236,8 +236,9 @@ int push_job_from_json(json_t *obj, struct push_job **ret, char **error) {
         if (v) {
                 if (!json_is_integer(v) || json_integer_value(v) < 0 ||
                     json_integer_value(v) > PUSH_JOB_MAX_TTL)
-                        return fail(error, "'ttl' must be an integer number of seconds from 0 to "
-                                           "%d",
+                        return fail(error,
+                                    "'ttl' must be an integer number of seconds from 0 to "
+                                    "%d",
                                     PUSH_JOB_MAX_TTL);
                 j->ttl = json_integer_value(v);
         }
@@ -264,8 +265,8 @@ int push_job_parse(const char *text, size_t len, struct push_job **ret, char **e
         *error = NULL;
         json_t *obj = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
         if (!obj)
-                return fail(error, "invalid JSON at line %d, column %d: %s", jerr.line,
-                            jerr.column, jerr.text);
+                return fail(error, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
+                            jerr.text);
         int r = push_job_from_json(obj, ret, error);
         json_decref(obj);
         return r;
@@ -287,9 +288,15 @@ json_t *push_job_to_json(const struct push_job *j) {
                 const char *key;
                 const char *value;
         } strings[] = {
-                {"id", j->id},           {"app-id", j->app_id},   {"from-uri", j->from_uri},
-                {"from-name", j->from_name}, {"call-id", j->call_id}, {"msg-id", j->msg_id},
-                {"uuid", j->uuid},       {"loc-key", j->loc_key}, {"text", j->text},
+                {"id", j->id},
+                {"app-id", j->app_id},
+                {"from-uri", j->from_uri},
+                {"from-name", j->from_name},
+                {"call-id", j->call_id},
+                {"msg-id", j->msg_id},
+                {"uuid", j->uuid},
+                {"loc-key", j->loc_key},
+                {"text", j->text},
                 {"collapse-id", j->collapse_id},
         };
         for (size_t i = 0; i < ELEMENTSOF(strings); i++)

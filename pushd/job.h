@@ -26,16 +26,21 @@
 
 struct json_t;
 
-#define PUSH_JOB_MAX_TOKENS 16
-#define PUSH_JOB_MAX_TOKEN_LEN 4096
-#define PUSH_JOB_MAX_STRING 1024
-#define PUSH_JOB_MAX_TEXT 2048
-#define PUSH_JOB_MAX_ID 128
+#define PUSH_JOB_MAX_TOKENS      16
+#define PUSH_JOB_MAX_TOKEN_LEN   4096
+#define PUSH_JOB_MAX_STRING      1024
+#define PUSH_JOB_MAX_TEXT        2048
+#define PUSH_JOB_MAX_ID          128
 #define PUSH_JOB_MAX_COLLAPSE_ID 64
-#define PUSH_JOB_MAX_CUSTOM 1024
-#define PUSH_JOB_MAX_TTL 2419200 /* 28 days, FCM's maximum */
+#define PUSH_JOB_MAX_CUSTOM      1024
+#define PUSH_JOB_MAX_TTL         2419200 /* 28 days, FCM's maximum */
 
-enum push_provider { PUSH_PROVIDER_APNS, PUSH_PROVIDER_FCM, PUSH_PROVIDER_GENERIC, _PUSH_PROVIDER_MAX };
+enum push_provider {
+        PUSH_PROVIDER_APNS,
+        PUSH_PROVIDER_FCM,
+        PUSH_PROVIDER_GENERIC,
+        _PUSH_PROVIDER_MAX
+};
 enum push_type { PUSH_TYPE_CALL, PUSH_TYPE_MESSAGE, PUSH_TYPE_BACKGROUND, _PUSH_TYPE_MAX };
 
 struct push_job {
@@ -47,7 +52,7 @@ struct push_job {
         char *app_id;
         bool sandbox;
         char *from_uri, *from_name, *call_id, *msg_id, *uuid, *loc_key, *text, *collapse_id;
-        int64_t ttl; /* -1: not given */
+        int64_t ttl;           /* -1: not given */
         struct json_t *custom; /* object or NULL */
 };
 

@@ -100,7 +100,8 @@ int jwt_sign(EVP_PKEY *key, enum jwt_alg alg, json_t *header, json_t *claims, ch
         size_t der_len = 0;
         int r = -EIO;
 
-        if (json_object_set_new(header, "alg", json_string(alg == JWT_ES256 ? "ES256" : "RS256")) < 0)
+        if (json_object_set_new(header, "alg", json_string(alg == JWT_ES256 ? "ES256" : "RS256")) <
+            0)
                 return -ENOMEM;
         h = encode_json(header);
         c = encode_json(claims);

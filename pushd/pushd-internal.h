@@ -32,7 +32,7 @@ struct pushd {
          * blocking XREADGROUP. */
         struct redis *redis;
         struct redis *reader;
-        char *consumer; /* [redis] consumer, or the host name */
+        char *consumer;       /* [redis] consumer, or the host name */
         size_t redis_pending; /* commands whose answer the drain waits for */
         bool reading;
         bool group_ready;

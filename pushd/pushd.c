@@ -83,8 +83,8 @@ static const struct conf_option pushd_rows[] = {
 
         {"http-intake", "listen", CONF_ADDRESS, C(http_listen), NULL, 0, 0, 0,
          "Address for POST /v1/push, e.g. 127.0.0.1:8089 (empty: off)"},
-        {"http-intake", "bearer-token", CONF_STRING, C(http_bearer_token), NULL, 0, 0,
-         CONF_SECRET, "Clients send \"Authorization: Bearer <this>\" (required with listen)"},
+        {"http-intake", "bearer-token", CONF_STRING, C(http_bearer_token), NULL, 0, 0, CONF_SECRET,
+         "Clients send \"Authorization: Bearer <this>\" (required with listen)"},
         {"http-intake", "max-body-size", CONF_SIZE, C(http_max_body), "16KiB", 0, 0, 0,
          "Largest request body accepted (413 beyond)"},
 
@@ -104,19 +104,19 @@ static const struct conf_option pushd_rows[] = {
          .unit = CONF_UNIT_MIN},
         {"apns", "certificate-file", CONF_STRING, C(apns.certificate_file), NULL, 0, 0, 0,
          "Certificate-based authentication instead: the client certificate (PEM)"},
-        {"apns", "certificate-key-file", CONF_STRING, C(apns.certificate_key_file), NULL, 0,
-         0, 0, "Its private key (PEM; empty: in certificate-file)"},
+        {"apns", "certificate-key-file", CONF_STRING, C(apns.certificate_key_file), NULL, 0, 0, 0,
+         "Its private key (PEM; empty: in certificate-file)"},
 
-        {"fcm", "service-account-files", CONF_LIST, C(fcm.service_account_files), NULL, 0, 0,
-         0, "Google service account JSON files, one per Firebase project (a job's app-id is "
-            "the project id)"},
+        {"fcm", "service-account-files", CONF_LIST, C(fcm.service_account_files), NULL, 0, 0, 0,
+         "Google service account JSON files, one per Firebase project (a job's app-id is "
+         "the project id)"},
         {"fcm", "project-aliases", CONF_LIST, C(fcm.project_aliases), NULL, 0, 0, 0,
          "Other names for a project as alias=project_id, e.g. the project number (sender "
          "id) that RFC 8599 pn-param carries: 123456789012=my-project"},
         {"fcm", "url", CONF_STRING, C(fcm.url), "https://fcm.googleapis.com", 0, 0, 0,
          "FCM endpoint"},
-        {"fcm", "token-anticipation", CONF_DURATION, C(fcm.token_anticipation_ms), "5min", 0,
-         0, 0, "Fetch a new OAuth2 access token this long before the current one expires",
+        {"fcm", "token-anticipation", CONF_DURATION, C(fcm.token_anticipation_ms), "5min", 0, 0, 0,
+         "Fetch a new OAuth2 access token this long before the current one expires",
          .unit = CONF_UNIT_S},
 
         {"generic", "url", CONF_STRING, C(generic.url), NULL, 0, 0, 0,
@@ -252,8 +252,8 @@ void pushd_ack(struct pushd *p, const char *stream_id) {
         redis_fire(p, 3, (const char *[]){"XDEL", p->config.stream, stream_id});
 }
 
-static void dead_letter(struct pushd *p, const char *stream_id, const char *raw,
-                        const char *token, const struct push_result *res, unsigned attempts) {
+static void dead_letter(struct pushd *p, const char *stream_id, const char *raw, const char *token,
+                        const struct push_result *res, unsigned attempts) {
         char status[24], tries[24], maxlen[24], when[24];
         snprintf(status, sizeof status, "%ld", res ? res->status : 0L);
         snprintf(tries, sizeof tries, "%u", attempts);
@@ -265,16 +265,16 @@ static void dead_letter(struct pushd *p, const char *stream_id, const char *raw,
                             res ? res->reason : "invalid");
                 return;
         }
-        const char *argv[] = {"XADD",     p->config.dead_letter_stream,
-                              "MAXLEN",   "~",
-                              maxlen,     "*",
-                              "job",      strempty(raw),
-                              "token",    strempty(token),
-                              "reason",   res ? res->reason : "",
-                              "status",   status,
-                              "attempts", tries,
+        const char *argv[] = {"XADD",      p->config.dead_letter_stream,
+                              "MAXLEN",    "~",
+                              maxlen,      "*",
+                              "job",       strempty(raw),
+                              "token",     strempty(token),
+                              "reason",    res ? res->reason : "",
+                              "status",    status,
+                              "attempts",  tries,
                               "stream-id", strempty(stream_id),
-                              "time",     when};
+                              "time",      when};
         redis_fire(p, (int)ELEMENTSOF(argv), argv);
 }
 
@@ -290,11 +290,11 @@ void pushd_reject_entry(struct pushd *p, const char *stream_id, const char *raw,
 
 static void publish_dead_token(struct pushd *p, struct pushd_job *j, const char *token,
                                const struct push_result *res) {
-        json_t *m = json_pack("{s:s,s:s,s:s,s:b,s:s,s:I,s:I}", "provider",
-                              push_provider_name(j->job->provider), "app-id",
-                              strempty(j->job->app_id), "token", token, "sandbox",
-                              j->job->sandbox, "reason", res->reason, "status",
-                              (json_int_t)res->status, "time", (json_int_t)realtime_msec());
+        json_t *m =
+                json_pack("{s:s,s:s,s:s,s:b,s:s,s:I,s:I}", "provider",
+                          push_provider_name(j->job->provider), "app-id", strempty(j->job->app_id),
+                          "token", token, "sandbox", j->job->sandbox, "reason", res->reason,
+                          "status", (json_int_t)res->status, "time", (json_int_t)realtime_msec());
         if (!m)
                 return;
         if (j->job->id)
@@ -388,9 +388,8 @@ static void on_result(const struct push_result *res, void *userdata) {
                                 if (j->stream_id)
                                         redis_fire(p, 7,
                                                    (const char *[]){"XCLAIM", p->config.stream,
-                                                                    p->config.group,
-                                                                    p->consumer, "0",
-                                                                    j->stream_id, "JUSTID"});
+                                                                    p->config.group, p->consumer,
+                                                                    "0", j->stream_id, "JUSTID"});
                                 break;
                         }
                 }
@@ -442,8 +441,8 @@ static void delivery_send(struct delivery *d) {
                          push_provider_name(j->job->provider));
                 break;
         case -ENOENT:
-                snprintf(res.reason, sizeof res.reason,
-                         "no FCM service account for project '%s'", j->job->app_id);
+                snprintf(res.reason, sizeof res.reason, "no FCM service account for project '%s'",
+                         j->job->app_id);
                 break;
         case -EMSGSIZE:
                 snprintf(res.reason, sizeof res.reason, "payload too large for %s",
@@ -487,7 +486,8 @@ static void on_pending(struct redis *r, redisReply *reply, int error, void *user
                 snprintf(reason, sizeof reason,
                          "handed out %lld times without an answer (max-deliveries=%lld)",
                          deliveries, (long long)p->config.max_deliveries);
-                _cleanup_free_ char *id = strdup(j->stream_id), *raw = j->raw ? strdup(j->raw) : NULL;
+                _cleanup_free_ char *id = strdup(j->stream_id),
+                                    *raw = j->raw ? strdup(j->raw) : NULL;
                 job_free(j);
                 if (id)
                         pushd_reject_entry(p, id, raw, reason);
@@ -503,8 +503,8 @@ static void on_pending(struct redis *r, redisReply *reply, int error, void *user
         job_send_all(j);
 }
 
-int pushd_job_start(struct pushd *p, struct push_job *job, const char *stream_id,
-                    const char *raw, bool check_deliveries) {
+int pushd_job_start(struct pushd *p, struct push_job *job, const char *stream_id, const char *raw,
+                    bool check_deliveries) {
         struct pushd_job *j = calloc(1, sizeof *j);
         if (!j) {
                 push_job_free(job);
@@ -541,8 +541,7 @@ int pushd_job_start(struct pushd *p, struct push_job *job, const char *stream_id
 }
 
 void pushd_check_drained(struct pushd *p) {
-        if (p->stopping && !p->freeing && !p->drained && p->busy == 0 &&
-            p->redis_pending == 0) {
+        if (p->stopping && !p->freeing && !p->drained && p->busy == 0 && p->redis_pending == 0) {
                 p->drained = true;
                 daemon_drained(p->daemon);
         }
@@ -584,7 +583,8 @@ static int declare_stats(struct pushd *p) {
             !D(jobs_reclaimed, "count-jobs-reclaimed",
                "Jobs taken over from a consumer that left them unacknowledged") ||
             !D(jobs_http, "count-jobs-http", "Jobs received with POST /v1/push") ||
-            !D(jobs_invalid, "count-jobs-invalid", "Jobs refused: invalid, or handed out more than max-deliveries times") ||
+            !D(jobs_invalid, "count-jobs-invalid",
+               "Jobs refused: invalid, or handed out more than max-deliveries times") ||
             !D(jobs_done, "count-jobs-done", "Jobs finished (every token answered)") ||
             !D(jobs_dead_lettered, "count-dead-lettered",
                "Pushes given up and written to the dead-letter stream") ||

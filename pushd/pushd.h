@@ -59,9 +59,7 @@ int pushd_new(struct daemon *d, struct pushd **ret);
 int pushd_start(struct pushd *p);
 void pushd_free(struct pushd *p);
 
-extern const struct pushd_hooks {
-        void (*stop)(struct daemon *d, void *userdata);
-} pushd_hooks;
+extern const struct pushd_hooks { void (*stop)(struct daemon *d, void *userdata); } pushd_hooks;
 
 /* Internal, shared by pushd.c, stream.c and intake-http.c. */
 struct pushd_job;
@@ -71,8 +69,8 @@ bool pushd_holds(struct pushd *p, const char *stream_id);
  * text as received, kept for the dead-letter stream. check_deliveries: an entry handed out
  * before (our history, a claim): ask Redis its delivery count first and dead-letter it beyond
  * max-deliveries. */
-int pushd_job_start(struct pushd *p, struct push_job *job, const char *stream_id,
-                    const char *raw, bool check_deliveries);
+int pushd_job_start(struct pushd *p, struct push_job *job, const char *stream_id, const char *raw,
+                    bool check_deliveries);
 /* An entry that cannot be pushed at all: dead-letter it with the reason, then ack it. */
 void pushd_reject_entry(struct pushd *p, const char *stream_id, const char *raw,
                         const char *reason);

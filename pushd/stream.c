@@ -100,8 +100,8 @@ static void handle_entry(struct pushd *p, redisReply *e, bool reclaimed, bool ch
                 log_oom();
 }
 
-static size_t handle_entries(struct pushd *p, redisReply *entries, bool reclaimed,
-                             bool check_held, char *last_id, size_t last_len) {
+static size_t handle_entries(struct pushd *p, redisReply *entries, bool reclaimed, bool check_held,
+                             char *last_id, size_t last_len) {
         if (!entries || entries->type != REDIS_REPLY_ARRAY)
                 return 0;
         for (size_t i = 0; i < entries->elements; i++)
@@ -145,8 +145,8 @@ static void on_read(struct redis *r, redisReply *reply, int error, void *userdat
         /* [[stream, [entries]]], or nil when the block time passed without entries. */
         if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
             reply->element[0]->type == REDIS_REPLY_ARRAY && reply->element[0]->elements == 2)
-                n = handle_entries(p, reply->element[0]->element[1], false, !p->history_done,
-                                   last, sizeof last);
+                n = handle_entries(p, reply->element[0]->element[1], false, !p->history_done, last,
+                                   sizeof last);
         if (!p->history_done) {
                 if (n == 0)
                         p->history_done = true;
@@ -177,9 +177,8 @@ static void read_next(struct pushd *p) {
         snprintf(block, sizeof block, "%llu", (unsigned long long)MAX(p->config.block_ms, 1));
         if (!p->history_done)
                 r = redis_command(p->reader, on_read, p,
-                                  "XREADGROUP GROUP %s %s COUNT %s STREAMS %s %s",
-                                  p->config.group, p->consumer, count, p->config.stream,
-                                  p->history_cursor);
+                                  "XREADGROUP GROUP %s %s COUNT %s STREAMS %s %s", p->config.group,
+                                  p->consumer, count, p->config.stream, p->history_cursor);
         else
                 r = redis_command(p->reader, on_read, p,
                                   "XREADGROUP GROUP %s %s COUNT %s BLOCK %s STREAMS %s >",
@@ -224,7 +223,8 @@ static void on_claim(struct redis *r, redisReply *reply, int error, void *userda
                 return;
         }
         if (error < 0 || reply->type != REDIS_REPLY_ARRAY || reply->elements < 2) {
-                if (error >= 0 && reply->type == REDIS_REPLY_ERROR && !strstr(reply->str, "NOGROUP"))
+                if (error >= 0 && reply->type == REDIS_REPLY_ERROR &&
+                    !strstr(reply->str, "NOGROUP"))
                         log_warning_ratelimited("XAUTOCLAIM failed: %s", reply->str);
                 return;
         }

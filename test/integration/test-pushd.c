@@ -19,19 +19,19 @@
 #include "testlib-jwt.h"
 #include "testlib.h"
 
-#define STREAM "sipfleet:push:jobs"
+#define STREAM      "sipfleet:push:jobs"
 #define DEAD_LETTER "sipfleet:push:dead-letter"
-#define CHANNEL "sipfleet:push:dead-tokens"
-#define BUNDLE "org.example.phone"
-#define KEY_ID "KEYID12345"
-#define TEAM_ID "TEAMID6789"
-#define BEARER "s3cret-intake-token"
+#define CHANNEL     "sipfleet:push:dead-tokens"
+#define BUNDLE      "org.example.phone"
+#define KEY_ID      "KEYID12345"
+#define TEAM_ID     "TEAMID6789"
+#define BEARER      "s3cret-intake-token"
 
-#define TOK_DEAD "dead00000000000000000000000000aa"
-#define TOK_BAD "bad000000000000000000000000000bb"
+#define TOK_DEAD  "dead00000000000000000000000000aa"
+#define TOK_BAD   "bad000000000000000000000000000bb"
 #define TOK_FLAKY "f1a0000000000000000000000000000c"
 #define TOK_TOPIC "70b1c00000000000000000000000000d"
-#define TOK_DOWN "d0e0000000000000000000000000000e"
+#define TOK_DOWN  "d0e0000000000000000000000000000e"
 
 static void sleep_ms(int ms) {
         nanosleep(&(struct timespec){ms / 1000, (ms % 1000) * 1000000L}, NULL);
@@ -73,9 +73,23 @@ static void server_start(struct server *s, const char *name, const char *mode,
         ck_assert_int_ge(asprintf(&cert, "%s/agent.crt", tls_dir()), 0);
         ck_assert_int_ge(asprintf(&key, "%s/agent.key", tls_dir()), 0);
         ck_assert_int_ge(asprintf(&port, "%d", s->port), 0);
-        char *argv[] = {"/usr/bin/python3", script, "--mode", (char *)mode, "--port", port,
-                        "--cert", cert, "--key", key, "--record", s->record, "--scenario",
-                        s->scenario, client_ca ? "--client-ca" : NULL, (char *)client_ca, NULL};
+        char *argv[] = {"/usr/bin/python3",
+                        script,
+                        "--mode",
+                        (char *)mode,
+                        "--port",
+                        port,
+                        "--cert",
+                        cert,
+                        "--key",
+                        key,
+                        "--record",
+                        s->record,
+                        "--scenario",
+                        s->scenario,
+                        client_ca ? "--client-ca" : NULL,
+                        (char *)client_ca,
+                        NULL};
         tl_spawn(name, argv, &s->proc);
         if (tl_wait_tcp(s->port, 10000) < 0) {
                 _cleanup_free_ char *log = tl_log(&s->proc);
@@ -213,8 +227,7 @@ static void wait_counter(struct tl_daemon *d, const char *name, long long n, int
         }
 }
 
-static char *apns_job(const char *type, const char *token, const char *call_id,
-                      const char *extra) {
+static char *apns_job(const char *type, const char *token, const char *call_id, const char *extra) {
         char *j;
         ck_assert_int_ge(asprintf(&j,
                                   "{\"provider\":\"apns\",\"token\":\"%s\",\"app-id\":\"" BUNDLE
@@ -284,8 +297,10 @@ START_TEST(test_pushd_apns_token_auth) {
 
         uint64_t before = (uint64_t)time(NULL);
         _cleanup_free_ char *tc = hex_token(1), *tm = hex_token(2), *tb = hex_token(3);
-        _cleanup_free_ char *jc = apns_job("call", tc, "call-1", ",\"ttl\":30,\"collapse-id\":\"call-1\""),
-                            *jm = apns_job("message", tm, "msg-1", ",\"text\":\"Hello\",\"msg-id\":\"m1\""),
+        _cleanup_free_ char *jc = apns_job("call", tc, "call-1",
+                                           ",\"ttl\":30,\"collapse-id\":\"call-1\""),
+                            *jm = apns_job("message", tm, "msg-1",
+                                           ",\"text\":\"Hello\",\"msg-id\":\"m1\""),
                             *jb = apns_job("background", tb, "bg-1", ",\"sandbox\":true");
         free(xadd(&r, jc));
         free(xadd(&r, jm));
@@ -324,18 +339,23 @@ START_TEST(test_pushd_apns_token_auth) {
                         ck_assert_str_eq(rec_header(rec, "apns-priority"), "10");
                         ck_assert_str_eq(rec_header(rec, "apns-expiration"), "0");
                         ck_assert_ptr_null(rec_header(rec, "apns-collapse-id"));
-                        ck_assert_int_eq(json_integer_value(json_object_get(aps, "mutable-content")), 1);
+                        ck_assert_int_eq(
+                                json_integer_value(json_object_get(aps, "mutable-content")), 1);
                         json_t *alert = json_object_get(aps, "alert");
-                        ck_assert_str_eq(json_string_value(json_object_get(alert, "body")), "Hello");
-                        ck_assert_str_eq(json_string_value(json_object_get(alert, "title")), "Alice");
+                        ck_assert_str_eq(json_string_value(json_object_get(alert, "body")),
+                                         "Hello");
+                        ck_assert_str_eq(json_string_value(json_object_get(alert, "title")),
+                                         "Alice");
                         ck_assert_str_eq(json_string_value(json_object_get(body, "msg-id")), "m1");
                 } else {
                         /* sandbox: the sandbox endpoint (a path prefix on the test server) */
-                        ck_assert_str_eq(path, "/sandbox/3/device/00000000000000000000000000001003");
+                        ck_assert_str_eq(path,
+                                         "/sandbox/3/device/00000000000000000000000000001003");
                         ck_assert_str_eq(rec_header(rec, "apns-topic"), BUNDLE);
                         ck_assert_str_eq(rec_header(rec, "apns-push-type"), "background");
                         ck_assert_str_eq(rec_header(rec, "apns-priority"), "5");
-                        ck_assert_int_eq(json_integer_value(json_object_get(aps, "content-available")), 1);
+                        ck_assert_int_eq(
+                                json_integer_value(json_object_get(aps, "content-available")), 1);
                 }
                 json_decref(body);
         }
@@ -416,7 +436,8 @@ START_TEST(test_pushd_apns_errors) {
                         ck_assert_str_eq(json_string_value(json_object_get(m, "reason")),
                                          "Unregistered");
                         ck_assert_int_eq(json_integer_value(json_object_get(m, "status")), 410);
-                        ck_assert_str_eq(json_string_value(json_object_get(m, "job-id")), "job-dead");
+                        ck_assert_str_eq(json_string_value(json_object_get(m, "job-id")),
+                                         "job-dead");
                         ck_assert_str_eq(json_string_value(json_object_get(m, "stream-id")), id1);
                 } else {
                         ck_assert_str_eq(tok, TOK_BAD);
@@ -502,10 +523,10 @@ static char *write_service_account(const char *name, const char *project, int po
         _cleanup_free_ char *pem = NULL, *keyname = NULL;
         ck_assert_int_ge(asprintf(&keyname, "%s.key", name), 0);
         *key_path = tl_write_rsa_key(keyname, &pem);
-        json_t *sa = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "type", "service_account",
-                               "project_id", project, "private_key_id", "kid-0123",
-                               "private_key", pem, "client_email",
-                               "pushd@test-project.iam.gserviceaccount.com", "token_uri", "");
+        json_t *sa =
+                json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "type", "service_account", "project_id",
+                          project, "private_key_id", "kid-0123", "private_key", pem, "client_email",
+                          "pushd@test-project.iam.gserviceaccount.com", "token_uri", "");
         _cleanup_free_ char *uri = NULL;
         ck_assert_int_ge(asprintf(&uri, "https://127.0.0.1:%d/token", port), 0);
         json_object_set_new(sa, "token_uri", json_string(uri));
@@ -536,8 +557,8 @@ START_TEST(test_pushd_fcm) {
                      "\"fcm-invalid-token\":[{\"status\":400,\"fcm\":\"INVALID_ARGUMENT\"}],"
                      "\"fcm-flaky-token\":[{\"status\":503,\"fcm\":\"UNAVAILABLE\"},"
                      "{\"status\":200}]}}");
-        _cleanup_free_ char *key = NULL, *sa = write_service_account("sa.json", "test-project",
-                                                                      fcm.port, &key);
+        _cleanup_free_ char *key = NULL,
+                            *sa = write_service_account("sa.json", "test-project", fcm.port, &key);
         _cleanup_free_ char *conf = NULL;
         ck_assert_int_ge(asprintf(&conf,
                                   "[pushd]\n"
@@ -658,7 +679,8 @@ START_TEST(test_pushd_fcm_token_refresh) {
         tl_redis_start(&r, NULL);
         struct server fcm;
         server_start(&fcm, "fcm", "fcm", NULL, "{\"token-lifetime\":2}");
-        _cleanup_free_ char *key = NULL, *sa = write_service_account("sa.json", "p1", fcm.port, &key);
+        _cleanup_free_ char *key = NULL,
+                            *sa = write_service_account("sa.json", "p1", fcm.port, &key);
         _cleanup_free_ char *conf = NULL;
         ck_assert_int_ge(asprintf(&conf,
                                   "[pushd]\nca-file=%s/cafile.pem\n[redis]\nserver=127.0.0.1:%d\n"
@@ -668,7 +690,8 @@ START_TEST(test_pushd_fcm_token_refresh) {
                          0);
         struct tl_daemon d = {0};
         tl_daemon_start(&d, "pushd", conf);
-        const char *job = "{\"provider\":\"fcm\",\"token\":\"tk\",\"app-id\":\"p1\",\"type\":\"call\"}";
+        const char *job =
+                "{\"provider\":\"fcm\",\"token\":\"tk\",\"app-id\":\"p1\",\"type\":\"call\"}";
         free(xadd(&r, job));
         wait_counter(&d, "count-pn-sent", 1, 10000);
         free(xadd(&r, job)); /* within the first second: the same token */
@@ -678,9 +701,9 @@ START_TEST(test_pushd_fcm_token_refresh) {
         wait_counter(&d, "count-pn-sent", 3, 10000);
         json_t *recs = server_records(&fcm);
         ck_assert_int_eq(count_matching(recs, "/token"), 2);
-        ck_assert_str_eq(rec_header(json_array_get(recs, json_array_size(recs) - 1),
-                                    "authorization"),
-                         "Bearer access-2");
+        ck_assert_str_eq(
+                rec_header(json_array_get(recs, json_array_size(recs) - 1), "authorization"),
+                "Bearer access-2");
         json_decref(recs);
         tl_daemon_done(&d);
         server_stop(&fcm);
@@ -718,8 +741,9 @@ START_TEST(test_pushd_generic) {
                 if (post) {
                         json_t *b = rec_body(rec);
                         ck_assert_str_eq(json_string_value(json_object_get(b, "call-id")), "g1");
-                        ck_assert_str_eq(json_string_value(json_array_get(json_object_get(b, "tokens"), 0)),
-                                         "gen-1");
+                        ck_assert_str_eq(
+                                json_string_value(json_array_get(json_object_get(b, "tokens"), 0)),
+                                "gen-1");
                         ck_assert_str_eq(rec_header(rec, "content-type"), "application/json");
                         json_decref(b);
                 }
@@ -800,14 +824,13 @@ START_TEST(test_pushd_http_intake) {
         ck_assert_int_eq(http_post(port, "POST", "/v1/push", NULL, job, &a), 401);
         ck_assert_msg(strstr(a, "missing Authorization"), "%s", a);
         free(a);
-        ck_assert_int_eq(http_post(port, "POST", "/v1/push", "Authorization: Bearer wrong", job,
-                                   &a),
-                         401);
+        ck_assert_int_eq(
+                http_post(port, "POST", "/v1/push", "Authorization: Bearer wrong", job, &a), 401);
         ck_assert_msg(strstr(a, "wrong bearer token"), "%s", a);
         free(a);
-        ck_assert_int_eq(http_post(port, "POST", "/v1/push",
-                                   "Authorization: Bearer " BEARER "x", job, &a),
-                         401);
+        ck_assert_int_eq(
+                http_post(port, "POST", "/v1/push", "Authorization: Bearer " BEARER "x", job, &a),
+                401);
         free(a);
         ck_assert_int_eq(counter(&d, "count-http-unauthorized"), 3);
 
@@ -854,7 +877,6 @@ START_TEST(test_pushd_http_intake) {
 }
 END_TEST
 
-
 START_TEST(test_pushd_apns_expired_provider_token) {
         /* 403 ExpiredProviderToken: a new provider token is signed and the push retried. */
         struct tl_redis r;
@@ -899,8 +921,8 @@ START_TEST(test_pushd_timeout_retried) {
         _cleanup_free_ char *dropin_dir = NULL;
         ck_assert_int_ge(asprintf(&dropin_dir, "%s.d", d.conf), 0);
         mkdir(dropin_dir, 0700);
-        _cleanup_free_ char *dropin = tl_write_file("pushd.conf.d/timeout.conf",
-                                                    "[pushd]\nrequest-timeout=1s\n");
+        _cleanup_free_ char *dropin =
+                tl_write_file("pushd.conf.d/timeout.conf", "[pushd]\nrequest-timeout=1s\n");
         tl_daemon_start(&d, "pushd", conf);
         _cleanup_free_ char *j = apns_job("call", TOK_FLAKY, "slow-1", NULL);
         free(xadd(&r, j));
@@ -961,8 +983,8 @@ START_TEST(test_pushd_bounded_queue) {
         _cleanup_free_ char *dropin_dir = NULL;
         ck_assert_int_ge(asprintf(&dropin_dir, "%s.d", d.conf), 0);
         ck_assert_int_eq(mkdir(dropin_dir, 0700), 0);
-        _cleanup_free_ char *dropin = tl_write_file("pushd.conf.d/limits.conf",
-                                                    "[pushd]\nmax-jobs=2\n");
+        _cleanup_free_ char *dropin =
+                tl_write_file("pushd.conf.d/limits.conf", "[pushd]\nmax-jobs=2\n");
         tl_daemon_start(&d, "pushd", conf);
         for (unsigned k = 0; k < 4; k++) {
                 _cleanup_free_ char *t = hex_token(600 + k), *id = NULL, *j = NULL;
@@ -978,9 +1000,8 @@ START_TEST(test_pushd_bounded_queue) {
         ck_assert_int_eq(redis_int(&r, "XLEN " STREAM), 4);
         char *a = NULL;
         _cleanup_free_ char *t = hex_token(700), *job = apns_job("call", t, "http-full", NULL);
-        ck_assert_int_eq(http_post(port, "POST", "/v1/push", "Authorization: Bearer " BEARER,
-                                   job, &a),
-                         503);
+        ck_assert_int_eq(
+                http_post(port, "POST", "/v1/push", "Authorization: Bearer " BEARER, job, &a), 503);
         ck_assert_msg(strstr(a, "too many jobs"), "%s", a);
         free(a);
         ck_assert_int_eq(counter(&d, "count-http-full"), 1);
@@ -1073,12 +1094,14 @@ START_TEST(test_pushd_max_deliveries) {
         _cleanup_free_ char *g = tl_redis_cmd(&r, "XGROUP CREATE %s pushd 0 MKSTREAM", STREAM);
         _cleanup_free_ char *id = xadd(&r, j);
         for (int k = 0; k < 2; k++) {
-                _cleanup_free_ char *got = tl_redis_cmd(&r, "XREADGROUP GROUP pushd pushd-a COUNT 10 "
-                                                             "STREAMS %s 0", STREAM);
+                _cleanup_free_ char *got = tl_redis_cmd(&r,
+                                                        "XREADGROUP GROUP pushd pushd-a COUNT 10 "
+                                                        "STREAMS %s 0",
+                                                        STREAM);
                 if (k == 0) {
                         free(got);
-                        got = tl_redis_cmd(&r, "XREADGROUP GROUP pushd pushd-a COUNT 10 STREAMS %s >",
-                                           STREAM);
+                        got = tl_redis_cmd(
+                                &r, "XREADGROUP GROUP pushd pushd-a COUNT 10 STREAMS %s >", STREAM);
                 }
                 ck_assert_msg(got && strstr(got, id), "%s", strna(got));
         }
@@ -1149,13 +1172,14 @@ START_TEST(test_pushd_other_instance_takes_over) {
         server_scenario(&apns, "{}");
 
         _cleanup_free_ char *conf_b = NULL;
-        ck_assert_int_ge(asprintf(&conf_b,
-                                  "[pushd]\nca-file=%s/cafile.pem\n[redis]\n"
-                                  "server=127.0.0.1:%d\nconsumer=pushd-b\nclaim-idle-time=1s\n"
-                                  "claim-interval=300ms\n[apns]\nproduction-url=https://127.0.0.1:%d\n"
-                                  "key-file=%s\nkey-id=" KEY_ID "\nteam-id=" TEAM_ID "\n",
-                                  tls_dir(), r.port, apns.port, key),
-                         0);
+        ck_assert_int_ge(
+                asprintf(&conf_b,
+                         "[pushd]\nca-file=%s/cafile.pem\n[redis]\n"
+                         "server=127.0.0.1:%d\nconsumer=pushd-b\nclaim-idle-time=1s\n"
+                         "claim-interval=300ms\n[apns]\nproduction-url=https://127.0.0.1:%d\n"
+                         "key-file=%s\nkey-id=" KEY_ID "\nteam-id=" TEAM_ID "\n",
+                         tls_dir(), r.port, apns.port, key),
+                0);
         struct tl_daemon b = {0};
         tl_daemon_start(&b, "pushd", conf_b);
         json_t *recs = wait_records(&apns, 6, 10000);
@@ -1181,7 +1205,8 @@ START_TEST(test_pushd_config_errors) {
         } cases[] = {
                 {"[pushd]\nmax-jobs=10\n", "Neither [redis] server nor [http-intake] listen"},
                 {"[http-intake]\nlisten=127.0.0.1:1\n", "listen needs bearer-token"},
-                {"[redis]\nserver=127.0.0.1:1\n[apns]\nkey-file=/nonexistent.p8\nkey-id=a\nteam-id=b\n",
+                {"[redis]\nserver=127.0.0.1:1\n[apns]\nkey-file=/"
+                 "nonexistent.p8\nkey-id=a\nteam-id=b\n",
                  "key-file '/nonexistent.p8'"},
                 {"[redis]\nserver=127.0.0.1:1\n[apns]\nkey-file=/etc/hostname\n",
                  "key-file needs key-id and team-id"},

@@ -72,7 +72,8 @@ bool tl_jwt_verify(const char *jwt, const char *key_pem_path, json_t **header, j
         ck_assert_ptr_nonnull(pub);
 
         size_t sig_len;
-        _cleanup_free_ unsigned char *sig = tl_base64url_decode(dot2 + 1, strlen(dot2 + 1), &sig_len);
+        _cleanup_free_ unsigned char *sig =
+                tl_base64url_decode(dot2 + 1, strlen(dot2 + 1), &sig_len);
         ck_assert_ptr_nonnull(sig);
         unsigned char *der = NULL;
         size_t der_len = 0;

@@ -90,7 +90,7 @@ START_TEST(test_pushd_job_errors) {
         parse_fails("{\"provider\":\"generic\",\"type\":\"ring\",\"token\":\"x\"}",
                     "'type' must be");
         parse_fails("{\"provider\":\"generic\",\"type\":\"call\"}", "'token' (or 'tokens') is "
-                                                                   "missing");
+                                                                    "missing");
         parse_fails("{\"provider\":\"generic\",\"type\":\"call\",\"token\":\"x\",\"tokens\":"
                     "[\"y\"]}",
                     "not both");
@@ -135,16 +135,18 @@ START_TEST(test_pushd_job_errors) {
                     "'collapse-id' is too long");
         parse_fails("{\"provider\":\"generic\",\"type\":\"call\",\"token\":\"x\",\"custom\":[]}",
                     "'custom' must be a JSON object");
-        parse_fails("{\"provider\":\"generic\",\"type\":\"call\",\"token\":\"x\",\"type\":\"call\"}",
-                    "duplicate");
+        parse_fails(
+                "{\"provider\":\"generic\",\"type\":\"call\",\"token\":\"x\",\"type\":\"call\"}",
+                "duplicate");
 
         /* Long values are bounded. */
         _cleanup_free_ char *big = malloc(PUSH_JOB_MAX_TEXT + 200);
         memset(big, 'a', PUSH_JOB_MAX_TEXT + 100);
         big[PUSH_JOB_MAX_TEXT + 100] = 0;
         _cleanup_free_ char *text = NULL;
-        ck_assert_int_ge(asprintf(&text, "{\"provider\":\"generic\",\"type\":\"message\","
-                                         "\"token\":\"x\",\"text\":\"%s\"}",
+        ck_assert_int_ge(asprintf(&text,
+                                  "{\"provider\":\"generic\",\"type\":\"message\","
+                                  "\"token\":\"x\",\"text\":\"%s\"}",
                                   big),
                          0);
         parse_fails(text, "'text' is too long");
@@ -208,10 +210,10 @@ START_TEST(test_pushd_jwt_sign) {
 END_TEST
 
 START_TEST(test_pushd_apns_payload) {
-        struct push_job *j = parse_ok(
-                "{\"provider\":\"apns\",\"token\":\"" APNS_TOKEN "\",\"app-id\":\"org.x\","
-                "\"type\":\"call\",\"from-uri\":\"sip:alice@example.org\",\"from-name\":"
-                "\"Alice\",\"call-id\":\"c1\",\"uuid\":\"u1\"}");
+        struct push_job *j =
+                parse_ok("{\"provider\":\"apns\",\"token\":\"" APNS_TOKEN "\",\"app-id\":\"org.x\","
+                         "\"type\":\"call\",\"from-uri\":\"sip:alice@example.org\",\"from-name\":"
+                         "\"Alice\",\"call-id\":\"c1\",\"uuid\":\"u1\"}");
         json_t *p = apns_payload(j);
         ck_assert_int_eq(json_object_size(json_object_get(p, "aps")), 0);
         ck_assert_str_eq(json_string_value(json_object_get(p, "call-id")), "c1");
