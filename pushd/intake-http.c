@@ -1,16 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 /* POST /v1/push: one JSON job per request (the schema of job.h), "Authorization: Bearer
  * <[http-intake] bearer-token>" compared in constant time. Answers 202 {"id":...,"tokens":n}
- * once the job is queued in this instance's memory, 400 {"error":...} for an invalid job, 401
- * without the right token, 404/405 elsewhere, 413 for a body over max-body-size, 503 while
- * max-jobs are held or when stopping. HTTP jobs are not written to Redis: a job accepted here
- * is lost if this pushd dies before sending it (producers that need that guarantee XADD to the
- * stream). */
+ * once the job is queued, 400 {"error":...} for an invalid job, 401 without the right token,
+ * 404/405 elsewhere, 413 for a body over max-body-size, 503 while max-jobs are held or when
+ * stopping. With Redis connected the job is added to the stream ("queued":"stream", durable and
+ * shared by the instances); without, it is kept in this instance's memory ("queued":"memory",
+ * lost if pushd dies before sending it). */
 #define LOG_SUBSYSTEM LOG_http
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <hiredis/hiredis.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
@@ -22,6 +23,7 @@
 #include "log.h"
 #include "loop.h"
 #include "pushd-internal.h"
+#include "redis.h"
 
 static void reply_json(struct evhttp_request *req, int code, const char *reason, json_t *body) {
         struct evbuffer *out = evbuffer_new();
@@ -55,6 +57,64 @@ static bool bearer_ok(const char *header, const char *expected) {
         SHA256((const unsigned char *)given, strlen(given), a);
         SHA256((const unsigned char *)expected, strlen(expected), b);
         return CRYPTO_memcmp(a, b, sizeof a) == 0;
+}
+
+struct http_pending {
+        struct pushd *p;
+        struct evhttp_request *req;
+        struct push_job *job;
+        char *text;
+};
+
+/* Takes job and text over. */
+static void queue_in_memory(struct pushd *p, struct evhttp_request *req, struct push_job *job,
+                            char *text) {
+        if (pushd_free_slots(p) == 0) {
+                push_job_free(job);
+                free(text);
+                stats_inc(p->stats.http_full);
+                evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+                reply_error(req, HTTP_SERVUNAVAIL, "Service Unavailable",
+                            "too many jobs queued, try again later");
+                return;
+        }
+        json_t *answer = json_pack("{s:s,s:I,s:s}", "id", job->id, "tokens",
+                                   (json_int_t)job->n_tokens, "queued", "memory");
+        int r = pushd_job_start(p, job, NULL, text, false);
+        free(text);
+        if (r < 0) {
+                json_decref(answer);
+                reply_error(req, HTTP_INTERNAL, "Internal Server Error", strerror(-r));
+                return;
+        }
+        reply_json(req, 202, "Accepted", answer);
+}
+
+static void on_xadd(struct redis *r, redisReply *reply, int error, void *userdata) {
+        struct http_pending *hp = userdata;
+        struct pushd *p = hp->p;
+        p->redis_pending--;
+        if (!p->http) {
+                /* The intake was closed (stopping): evhttp freed the request. */
+                push_job_free(hp->job);
+                free(hp->text);
+                free(hp);
+                pushd_check_drained(p);
+                return;
+        }
+        if (error >= 0 && reply->type == REDIS_REPLY_STRING) {
+                json_t *answer = json_pack("{s:s,s:I,s:s,s:s}", "id", hp->job->id, "tokens",
+                                           (json_int_t)hp->job->n_tokens, "queued", "stream",
+                                           "stream-id", reply->str);
+                reply_json(hp->req, 202, "Accepted", answer);
+                push_job_free(hp->job);
+                free(hp->text);
+        } else {
+                log_warning_ratelimited("XADD of an HTTP job failed (%s): kept in memory.",
+                                        error < 0 ? strerror(-error) : reply->str);
+                queue_in_memory(p, hp->req, hp->job, hp->text);
+        }
+        free(hp);
 }
 
 static void on_request(struct evhttp_request *req, void *userdata) {
@@ -110,16 +170,31 @@ static void on_request(struct evhttp_request *req, void *userdata) {
                 reply_error(req, HTTP_INTERNAL, "Internal Server Error", "out of memory");
                 return;
         }
-        json_t *answer = json_pack("{s:s,s:I}", "id", job->id, "tokens", (json_int_t)job->n_tokens);
         stats_inc(p->stats.jobs_http);
-        _cleanup_free_ char *raw = strndup(body ? body : "", body ? len : 0);
-        r = pushd_job_start(p, job, NULL, raw, false);
-        if (r < 0) {
-                json_decref(answer);
-                reply_error(req, HTTP_INTERNAL, "Internal Server Error", strerror(-r));
+        json_t *canonical = push_job_to_json(job);
+        char *text = canonical ? json_dumps(canonical, JSON_COMPACT) : NULL;
+        json_decref(canonical);
+        if (!text) {
+                push_job_free(job);
+                reply_error(req, HTTP_INTERNAL, "Internal Server Error", "out of memory");
                 return;
         }
-        reply_json(req, 202, "Accepted", answer);
+        /* With Redis, the job joins the stream like any other: durable, and shared with the
+         * other instances. The reply waits for XADD (libevent drops it safely if the client
+         * went away meanwhile). */
+        if (p->redis && redis_is_connected(p->redis)) {
+                struct http_pending *hp = calloc(1, sizeof *hp);
+                if (hp) {
+                        *hp = (struct http_pending){.p = p, .req = req, .job = job, .text = text};
+                        if (redis_command(p->redis, on_xadd, hp, "XADD %s * job %s",
+                                          p->config.stream, text) >= 0) {
+                                p->redis_pending++;
+                                return;
+                        }
+                        free(hp);
+                }
+        }
+        queue_in_memory(p, req, job, text);
 }
 
 int intake_http_start(struct pushd *p) {

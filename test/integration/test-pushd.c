@@ -864,6 +864,7 @@ START_TEST(test_pushd_http_intake) {
         ck_assert_msg(ans, "%s", a);
         ck_assert(strncmp(json_string_value(json_object_get(ans, "id")), "http-", 5) == 0);
         ck_assert_int_eq(json_integer_value(json_object_get(ans, "tokens")), 1);
+        ck_assert_str_eq(json_string_value(json_object_get(ans, "queued")), "memory");
         json_decref(ans);
         free(a);
         recs = wait_records(&apns, 1, 10000);
@@ -1010,6 +1011,54 @@ START_TEST(test_pushd_bounded_queue) {
         wait_pending(&r, 0, 10000);
         wait_counter(&d, "count-pn-sent", 4, 5000);
         unlink(dropin);
+        tl_daemon_done(&d);
+        server_stop(&apns);
+        tl_redis_stop(&r);
+}
+END_TEST
+
+START_TEST(test_pushd_http_intake_to_stream) {
+        /* With Redis, an HTTP job is added to the stream (durable, shared) before the 202. */
+        struct tl_redis r;
+        tl_redis_start(&r, NULL);
+        struct server apns;
+        server_start(&apns, "apns", "apns", NULL, NULL);
+        _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
+        int port = tl_free_port();
+        _cleanup_free_ char *more = NULL;
+        ck_assert_int_ge(asprintf(&more,
+                                  "[http-intake]\nlisten=127.0.0.1:%d\nbearer-token=" BEARER "\n",
+                                  port),
+                         0);
+        _cleanup_free_ char *conf = apns_conf(&r, &apns, key, more);
+        struct tl_daemon d = {0};
+        tl_daemon_start(&d, "pushd", conf);
+        ck_assert_int_eq(tl_wait_tcp(port, 5000), 0);
+        /* The stream link is up once a first stream job went through. */
+        _cleanup_free_ char *t0 = hex_token(1000), *j0 = apns_job("call", t0, "warm-up", NULL);
+        free(xadd(&r, j0));
+        wait_counter(&d, "count-pn-sent", 1, 10000);
+
+        _cleanup_free_ char *t = hex_token(1001),
+                            *job = apns_job("message", t, "via-http", ",\"id\":\"app-42\"");
+        char *a = NULL;
+        ck_assert_int_eq(
+                http_post(port, "POST", "/v1/push", "Authorization: Bearer " BEARER, job, &a), 202);
+        json_t *ans = json_loads(a, 0, NULL);
+        ck_assert_msg(ans, "%s", a);
+        free(a);
+        ck_assert_str_eq(json_string_value(json_object_get(ans, "id")), "app-42");
+        ck_assert_str_eq(json_string_value(json_object_get(ans, "queued")), "stream");
+        ck_assert_ptr_nonnull(strchr(json_string_value(json_object_get(ans, "stream-id")), '-'));
+        json_decref(ans);
+        json_t *recs = wait_records(&apns, 2, 10000);
+        ck_assert_int_eq(count_matching(recs, "via-http"), 1);
+        json_decref(recs);
+        wait_counter(&d, "count-pn-sent", 2, 5000);
+        wait_pending(&r, 0, 5000);
+        ck_assert_int_eq(counter(&d, "count-jobs-http"), 1);
+        ck_assert_int_eq(counter(&d, "count-jobs-stream"), 2);
+        ck_assert_int_eq(redis_int(&r, "XLEN " STREAM), 0);
         tl_daemon_done(&d);
         server_stop(&apns);
         tl_redis_stop(&r);
@@ -1277,6 +1326,7 @@ int main(void) {
         tc = tcase_create("intake");
         tcase_set_timeout(tc, 120);
         tcase_add_test(tc, test_pushd_http_intake);
+        tcase_add_test(tc, test_pushd_http_intake_to_stream);
         tcase_add_test(tc, test_pushd_killed_and_restarted);
         tcase_add_test(tc, test_pushd_other_instance_takes_over);
         tcase_add_test(tc, test_pushd_max_deliveries);
