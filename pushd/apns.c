@@ -200,6 +200,7 @@ static void on_response(const struct http2_response *resp, void *userdata) {
         result_from(&res, o, st, st == 200 ? "" : reason);
         json_decref(body);
 done:
+        res.retry_after_ms = resp->retry_after_ms;
         req->cb(&res, req->userdata);
         free(req);
 }

@@ -365,6 +365,7 @@ static void on_response(const struct http2_response *resp, void *userdata) {
         }
         json_decref(body);
 done:
+        res.retry_after_ms = resp->retry_after_ms;
         req->cb(&res, req->userdata);
         free(req);
 }

@@ -107,6 +107,7 @@ static void on_response(const struct http2_response *resp, void *userdata) {
                 if (res.outcome != PUSH_OUTCOME_SENT)
                         snprintf(res.reason, sizeof res.reason, "HTTP %ld", st);
         }
+        res.retry_after_ms = resp->retry_after_ms;
         req->cb(&res, req->userdata);
         free(req);
 }

@@ -17,6 +17,7 @@ struct http2_transfer {
         void (*drop)(void *userdata);
         void *userdata;
         char errbuf[CURL_ERROR_SIZE];
+        uint64_t retry_after_ms;
         struct http2_transfer *prev, *next;
 };
 
@@ -72,6 +73,7 @@ static void check_done(struct http2 *h) {
                         .body = t->body ? t->body : "",
                         .body_len = t->body_len,
                         .http_version = version == CURL_HTTP_VERSION_2_0 ? 2 : 1,
+                        .retry_after_ms = t->retry_after_ms,
                 };
                 CURLcode rc = m->data.result;
                 if (rc == CURLE_OK)
@@ -169,6 +171,25 @@ static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata) {
         return n;
 }
 
+/* Only Retry-After (delay-seconds form) is kept; a date form is ignored. */
+static size_t on_header(char *buf, size_t size, size_t nitems, void *userdata) {
+        struct http2_transfer *t = userdata;
+        size_t n = size * nitems;
+        static const char name[] = "retry-after:";
+        if (n > sizeof name - 1 && n < 64 && strncasecmp(buf, name, sizeof name - 1) == 0) {
+                char value[64];
+                memcpy(value, buf + sizeof name - 1, n - (sizeof name - 1));
+                value[n - (sizeof name - 1)] = 0;
+                char *end;
+                unsigned long long secs = strtoull(value, &end, 10);
+                while (*end == ' ' || *end == '\r' || *end == '\n')
+                        end++;
+                if (end != value && *end == 0 && secs <= 86400)
+                        t->retry_after_ms = secs * 1000;
+        }
+        return n;
+}
+
 int http2_new(struct loop *l, struct http2 **ret) {
         static bool initialised;
         if (!initialised) {
@@ -243,6 +264,8 @@ int http2_send(struct http2 *h, const struct http2_request *req, http2_done_fn c
         SET(CURLOPT_PROTOCOLS_STR, "http,https");
         SET(CURLOPT_WRITEFUNCTION, on_data);
         SET(CURLOPT_WRITEDATA, t);
+        SET(CURLOPT_HEADERFUNCTION, on_header);
+        SET(CURLOPT_HEADERDATA, t);
         SET(CURLOPT_TIMEOUT_MS, (long)(req->timeout_ms ? req->timeout_ms : 10000));
         SET(CURLOPT_CONNECTTIMEOUT_MS, (long)(req->timeout_ms ? req->timeout_ms : 10000));
         SET(CURLOPT_HTTPHEADER, t->headers);

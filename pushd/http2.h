@@ -20,7 +20,8 @@ struct http2_response {
         long status;
         const char *body; /* NUL-terminated, truncated to HTTP2_MAX_RESPONSE bytes */
         size_t body_len;
-        long http_version; /* 2 for HTTP/2, 1 for HTTP/1.x */
+        long http_version;       /* 2 for HTTP/2, 1 for HTTP/1.x */
+        uint64_t retry_after_ms; /* from a Retry-After header in seconds, 0 without */
 };
 
 #define HTTP2_MAX_RESPONSE 65536

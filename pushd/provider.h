@@ -17,8 +17,9 @@ enum push_outcome {
 
 struct push_result {
         enum push_outcome outcome;
-        long status;      /* HTTP status, 0 when there was no answer */
-        char reason[160]; /* the provider's reason ("Unregistered") or our explanation */
+        long status;             /* HTTP status, 0 when there was no answer */
+        char reason[160];        /* the provider's reason ("Unregistered") or our explanation */
+        uint64_t retry_after_ms; /* the provider's Retry-After, 0 without */
 };
 
 typedef void (*push_done_fn)(const struct push_result *r, void *userdata);

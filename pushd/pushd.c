@@ -376,7 +376,8 @@ static void on_result(const struct push_result *res, void *userdata) {
                         uint64_t delay = p->config.retry_initial_ms;
                         for (unsigned i = 1; i < d->attempts && delay < p->config.retry_max_ms; i++)
                                 delay *= 2;
-                        delay = MIN(delay, p->config.retry_max_ms);
+                        /* The provider may ask for a longer wait, within retry-max-delay. */
+                        delay = MIN(MAX(delay, res->retry_after_ms), p->config.retry_max_ms);
                         stats_inc(p->stats.retried);
                         log_info("%s push for '%s' failed (%s), retry %u in %llu ms.", provider,
                                  strempty(j->job->app_id), res->reason, d->attempts,

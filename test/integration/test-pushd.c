@@ -556,7 +556,9 @@ START_TEST(test_pushd_fcm) {
                      "{\"tokens\":{\"fcm-dead-token\":[{\"status\":404,\"fcm\":\"UNREGISTERED\"}],"
                      "\"fcm-invalid-token\":[{\"status\":400,\"fcm\":\"INVALID_ARGUMENT\"}],"
                      "\"fcm-flaky-token\":[{\"status\":503,\"fcm\":\"UNAVAILABLE\"},"
-                     "{\"status\":200}]}}");
+                     "{\"status\":200}],"
+                     "\"fcm-quota-token\":[{\"status\":429,\"fcm\":\"QUOTA_EXCEEDED\","
+                     "\"headers\":{\"retry-after\":\"1\"}},{\"status\":200}]}}");
         _cleanup_free_ char *key = NULL,
                             *sa = write_service_account("sa.json", "test-project", fcm.port, &key);
         _cleanup_free_ char *conf = NULL;
@@ -627,6 +629,9 @@ START_TEST(test_pushd_fcm) {
         /* The project number works as well (alias). */
         free(xadd(&r, "{\"provider\":\"fcm\",\"token\":\"fcm-flaky-token\",\"app-id\":"
                       "\"123456789012\",\"type\":\"background\"}"));
+        /* 429 with Retry-After: 1 waits a second, not retry-initial-delay (100 ms). */
+        free(xadd(&r, "{\"provider\":\"fcm\",\"token\":\"fcm-quota-token\",\"app-id\":"
+                      "\"test-project\",\"type\":\"message\"}"));
         /* A project without a service account: given up at once. */
         free(xadd(&r, "{\"provider\":\"fcm\",\"token\":\"t\",\"app-id\":\"other-project\","
                       "\"type\":\"call\"}"));
@@ -645,10 +650,21 @@ START_TEST(test_pushd_fcm) {
                 json_decref(dm);
         }
         redisFree(sub);
-        wait_counter(&d, "count-pn-sent", 2, 10000);
+        wait_counter(&d, "count-pn-sent", 3, 10000);
         wait_pending(&r, 0, 5000);
         recs = server_records(&fcm);
         ck_assert_int_eq(count_matching(recs, "fcm-flaky-token"), 2);
+        ck_assert_int_eq(count_matching(recs, "fcm-quota-token"), 2);
+        double quota_times[2];
+        size_t nq = 0;
+        json_t *qr;
+        size_t qi;
+        json_array_foreach(recs, qi, qr) {
+                if (strstr(json_string_value(json_object_get(qr, "body")), "fcm-quota-token"))
+                        quota_times[nq++] = json_real_value(json_object_get(qr, "time"));
+        }
+        ck_assert_msg(quota_times[1] - quota_times[0] >= 0.95, "retried after %.3f s",
+                      quota_times[1] - quota_times[0]);
         ck_assert_int_eq(count_matching(recs, "/token"), 1);
         json_t *rec;
         size_t i;
@@ -660,7 +676,7 @@ START_TEST(test_pushd_fcm) {
                 ck_assert_int_eq(json_integer_value(json_object_get(rec, "conn")), conn);
         }
         json_decref(recs);
-        ck_assert_int_eq(counter(&d, "count-pn-sent-fcm"), 2);
+        ck_assert_int_eq(counter(&d, "count-pn-sent-fcm"), 3);
         ck_assert_int_eq(counter(&d, "count-pn-dead-token"), 2);
         ck_assert_int_eq(counter(&d, "count-pn-failed"), 1);
         _cleanup_free_ char *dl = tl_redis_cmd(&r, "XRANGE " DEAD_LETTER " - +");

@@ -7,14 +7,14 @@ Modes: "apns" (POST /3/device/<token>, errors as {"reason": ...}), "fcm" (POST
 OAuth2 token endpoint POST /token) and "generic" (any method and path, empty answers).
 
 Every request is appended to --record as one JSON line once its body is complete:
-  {"conn": n, "stream": id, "method", "path", "headers": {name: value}, "body": text,
+  {"time": epoch seconds, "conn": n, "stream": id, "method", "path", "headers": {name: value}, "body": text,
    "client-cert": subject or null}
 conn numbers the TLS connections in accept order, so a test sees which requests shared one.
 
 Answers follow --scenario, a JSON file read again for every request so a test can change it:
   {"default": ANSWER, "tokens": {"<substring of path or body>": [ANSWER, ANSWER, ...]}}
 An ANSWER is {"status": 200, "reason": "Unregistered", "fcm": "UNREGISTERED", "delay": 0.5,
-"body": {...}}; for a token the answers are used in turn, the last one repeating. The token
+"body": {...}, "headers": {"retry-after": "1"}}; for a token the answers are used in turn, the last one repeating. The token
 endpoint answers {"access_token": "access-<n>", "expires_in": <scenario "token-lifetime", 3600>}.
 """
 
@@ -23,6 +23,7 @@ import asyncio
 import json
 import ssl
 import sys
+import time
 
 import h2.config
 import h2.connection
@@ -123,7 +124,8 @@ class Conn(asyncio.Protocol):
         body = st["body"].decode("utf-8", "replace")
         path = hdrs.get(":path", "")
         method = hdrs.get(":method", "")
-        record({"conn": self.n, "stream": sid, "method": method, "path": path,
+        record({"time": time.time(), "conn": self.n, "stream": sid, "method": method,
+                "path": path,
                 "headers": {k: v for k, v in hdrs.items()}, "body": body,
                 "client-cert": self.cert})
         if ARGS.mode == "fcm" and path == "/token":
@@ -140,9 +142,10 @@ class Conn(asyncio.Protocol):
             self.respond(sid, ans.get("status", 200), out, ans.get("delay", 0))
             return
         ans = pick_answer(path, body)
-        self.respond(sid, ans.get("status", 200), error_body(ARGS.mode, ans), ans.get("delay", 0))
+        self.respond(sid, ans.get("status", 200), error_body(ARGS.mode, ans), ans.get("delay", 0),
+                     ans.get("headers", {}))
 
-    def respond(self, sid, status, body, delay):
+    def respond(self, sid, status, body, delay, extra_headers=None):
         def send():
             if self.transport.is_closing():
                 return
@@ -151,6 +154,7 @@ class Conn(asyncio.Protocol):
                 headers.append(("apns-id", "00000000-0000-0000-0000-%012d" % sid))
             if body:
                 headers.append(("content-type", "application/json"))
+            headers.extend((k, str(v)) for k, v in (extra_headers or {}).items())
             try:
                 self.h2.send_headers(sid, headers, end_stream=not body)
                 if body:
