@@ -263,6 +263,9 @@ int push_job_from_json(json_t *obj, struct push_job **ret, char **error) {
 int push_job_parse(const char *text, size_t len, struct push_job **ret, char **error) {
         json_error_t jerr;
         *error = NULL;
+        if (len > PUSH_JOB_MAX_SIZE)
+                return fail(error, "a push job is at most %d bytes of JSON (this one is %zu)",
+                            PUSH_JOB_MAX_SIZE, len);
         json_t *obj = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
         if (!obj)
                 return fail(error, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,

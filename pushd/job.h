@@ -34,6 +34,7 @@ struct json_t;
 #define PUSH_JOB_MAX_COLLAPSE_ID 64
 #define PUSH_JOB_MAX_CUSTOM      1024
 #define PUSH_JOB_MAX_TTL         2419200 /* 28 days, FCM's maximum */
+#define PUSH_JOB_MAX_SIZE        65536   /* the JSON text */
 
 enum push_provider {
         PUSH_PROVIDER_APNS,

@@ -150,6 +150,14 @@ START_TEST(test_pushd_job_errors) {
                                   big),
                          0);
         parse_fails(text, "'text' is too long");
+
+        /* The JSON text itself is bounded, whatever it holds. */
+        _cleanup_free_ char *huge = malloc(PUSH_JOB_MAX_SIZE + 16);
+        memset(huge, ' ', PUSH_JOB_MAX_SIZE + 15);
+        huge[0] = '{';
+        huge[PUSH_JOB_MAX_SIZE + 14] = '}';
+        huge[PUSH_JOB_MAX_SIZE + 15] = 0;
+        parse_fails(huge, "at most 65536 bytes");
 }
 END_TEST
 
