@@ -74,9 +74,9 @@ static const struct conf_option pushd_rows[] = {
         {"redis", "block-time", CONF_DURATION, C(block_ms), "1s", 0, 0, 0,
          "How long one XREADGROUP waits for new entries (on its own connection)",
          .unit = CONF_UNIT_MS},
-        {"redis", "claim-idle-time", CONF_DURATION, C(claim_idle_ms), "60s", 0, 0, 0,
+        {"redis", "claim-idle-time", CONF_DURATION, C(claim_idle_ms), "120s", 0, 0, 0,
          "Jobs another consumer left unacknowledged this long are taken over (XAUTOCLAIM); "
-         "keep it above request-timeout and retry-max-delay",
+         "must exceed request-timeout + retry-max-delay",
          .unit = CONF_UNIT_MS},
         {"redis", "claim-interval", CONF_DURATION, C(claim_interval_ms), "10s", 0, 0, 0,
          "How often to look for such jobs", .unit = CONF_UNIT_MS},
@@ -639,6 +639,11 @@ int pushd_start(struct pushd *p) {
         if (c->retry_max_ms < c->retry_initial_ms)
                 return log_error_errno(EINVAL, "[pushd] retry-max-delay is shorter than "
                                                "retry-initial-delay.");
+        if (c->redis_server.str && c->claim_idle_ms <= c->request_timeout_ms + c->retry_max_ms)
+                return log_error_errno(EINVAL, "[redis] claim-idle-time must exceed "
+                                               "[pushd] request-timeout + retry-max-delay, or "
+                                               "another instance could take over a job this "
+                                               "one is still working on.");
         if (c->apns.token_lifetime_ms < 60000 || c->apns.token_lifetime_ms > 3600000)
                 return log_error_errno(EINVAL, "[apns] token-lifetime must be between 1min and "
                                                "60min.");

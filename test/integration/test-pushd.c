@@ -1239,7 +1239,8 @@ START_TEST(test_pushd_other_instance_takes_over) {
         _cleanup_free_ char *conf_b = NULL;
         ck_assert_int_ge(
                 asprintf(&conf_b,
-                         "[pushd]\nca-file=%s/cafile.pem\n[redis]\n"
+                         "[pushd]\nca-file=%s/cafile.pem\nrequest-timeout=400ms\n"
+                         "retry-max-delay=400ms\nretry-initial-delay=100ms\n[redis]\n"
                          "server=127.0.0.1:%d\nconsumer=pushd-b\nclaim-idle-time=1s\n"
                          "claim-interval=300ms\n[apns]\nproduction-url=https://127.0.0.1:%d\n"
                          "key-file=%s\nkey-id=" KEY_ID "\nteam-id=" TEAM_ID "\n",
@@ -1282,6 +1283,8 @@ START_TEST(test_pushd_config_errors) {
                  "must start with https://"},
                 {"[redis]\nserver=127.0.0.1:1\n[pushd]\nca-file=/nonexistent.pem\n",
                  "ca-file '/nonexistent.pem'"},
+                {"[redis]\nserver=127.0.0.1:1\nclaim-idle-time=30s\n",
+                 "claim-idle-time must exceed"},
         };
         for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
                 _cleanup_free_ char *path = tl_write_file("bad.conf", cases[i].conf);
