@@ -8,6 +8,8 @@ sipfleet_packages=(
         libcurl4-openssl-dev libsqlite3-dev libsystemd-dev
         # tests: Check, real servers and peers, unit verification
         check libsubunit-dev redis-server redis-tools sip-tester systemd liblinphone-dev
+        # pushd tests: HTTP/2-over-TLS servers playing APNs and FCM (test/servers/)
+        python3-h2
 )
 
 sipfleet_install_deps() {
