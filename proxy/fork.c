@@ -53,6 +53,8 @@ struct fork_branch {
         bool timer_c_fired; /* a 487 after Timer C counts as 408 */
         bool queued;        /* a MESSAGE waiting for the older ones to this device */
         bool superseded;    /* a newer branch to the same device replaced it */
+        fork_branch_observer_fn observer;
+        void *observer_data;
 };
 
 /* Late forks of one AOR, oldest first. */
@@ -98,6 +100,8 @@ struct fork {
         int final_status;        /* sent upstream, 0 before */
         bool started;
         bool cancelling;     /* no new branch; pending ones are (being) cancelled */
+        bool sent_push_provisional;
+        char **used_keys;    /* fork_branch_first_use() */
         char *cancel_reason; /* Reason of the CANCELs we send */
         unsigned busy;       /* re-entrancy guard: completion is checked at the outermost */
         bool freed;
@@ -139,7 +143,7 @@ static struct fork *fork_alloc(struct proxy *p, msg_t *request, const char *aor)
                 else if (f->kind == FORK_MESSAGE)
                         f->late = f->config->message_fork_late && message_storable(sip);
         }
-        if (f->late && !(f->aor = strdup(aor))) {
+        if (aor && !(f->aor = strdup(aor))) {
                 msg_destroy(f->request);
                 free(f);
                 return NULL;
@@ -208,6 +212,8 @@ static int target_compare(const void *a, const void *b) {
 }
 
 static void branch_free(struct fork_branch *b) {
+        if (b->observer)
+                b->observer(b, -1, b->observer_data);
         if (b->orq)
                 nta_outgoing_destroy(b->orq);
         loop_timer_free(b->timer_c);
@@ -233,6 +239,7 @@ static void fork_free(struct fork *f) {
         if (f->best)
                 msg_destroy(f->best);
         free(f->cancel_reason);
+        strv_free(f->used_keys);
         key_unlink(f);
         free(f->aor);
         if (f->started) {
@@ -390,6 +397,8 @@ static void branch_final_inner(struct fork_branch *b, int status, const char *ph
         b->done = true;
         b->status = status;
         loop_timer_disarm(b->timer_c);
+        if (b->observer)
+                b->observer(b, status, b->observer_data);
         if (b->timer_c_fired && status == 487) {
                 if (msg)
                         msg_destroy(msg);
@@ -488,6 +497,8 @@ static int on_branch_response(struct fork_branch *b, nta_outgoing_t *orq, const 
         }
         if (status < 200) {
                 b->status = status;
+                if (status > 100 && b->observer)
+                        b->observer(b, status, b->observer_data);
                 if (f->invite && b->timer_c && !b->cancelled)
                         loop_timer_arm(b->timer_c, f->config->timer_c_ms);
                 if (status > 100 && !f->final_status && !b->done)
@@ -527,6 +538,52 @@ void fork_branch_send(struct fork_branch *b, msg_t *msg) {
 out:
         f->busy--;
         fork_check(f);
+}
+
+int fork_branch_observe(struct fork_branch *b, fork_branch_observer_fn cb, void *userdata) {
+        if (b->observer)
+                return -EBUSY;
+        b->observer = cb;
+        b->observer_data = userdata;
+        return 0;
+}
+
+void fork_branch_unobserve(struct fork_branch *b) {
+        b->observer = NULL;
+        b->observer_data = NULL;
+}
+
+bool fork_branch_first_use(struct fork_branch *b, const char *key) {
+        struct fork *f = b->fork;
+        if (strv_contains(f->used_keys, key))
+                return false;
+        if (strv_extend(&f->used_keys, key) < 0)
+                log_oom();
+        return true;
+}
+
+void fork_branch_push_sent(struct fork_branch *b) {
+        struct fork *f = b->fork;
+        if (!f->invite || f->final_status || f->sent_push_provisional || !f->req)
+                return;
+        f->sent_push_provisional = true;
+        send_upstream(f, 110, "Push sent", NULL);
+}
+
+const sip_t *fork_branch_request(struct fork_branch *b) {
+        return sip_object(b->fork->request);
+}
+
+const char *fork_branch_uri(struct fork_branch *b) {
+        return b->uri;
+}
+
+const char *fork_branch_uid(struct fork_branch *b) {
+        return b->uid;
+}
+
+const char *fork_branch_aor(struct fork_branch *b) {
+        return b->fork->aor;
 }
 
 void fork_branch_reply(struct fork_branch *b, int status, const char *phrase) {

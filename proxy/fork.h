@@ -91,6 +91,25 @@ void fork_branch_reply(struct fork_branch *b, int status, const char *phrase);
 /* The branch request left the chain (sent, answered, or dropped by a module). */
 void fork_branch_chain_done(struct fork_branch *b);
 
+/* One observer per branch (PushNotification): cb(b, status) for each provisional response
+ * above 100 and for the final one (made-up finals included: 408, 503...); cb(b, -1) when the
+ * branch goes away. The observer must not call back into the fork from cb. -EBUSY when the
+ * branch has one already. */
+typedef void (*fork_branch_observer_fn)(struct fork_branch *b, int status, void *userdata);
+int fork_branch_observe(struct fork_branch *b, fork_branch_observer_fn cb, void *userdata);
+void fork_branch_unobserve(struct fork_branch *b);
+/* Records key (e.g. the push token) on the branch's fork: true the first time, false when a
+ * branch of the same fork recorded it before (a device re-dispatched after it registered). */
+bool fork_branch_first_use(struct fork_branch *b, const char *key);
+/* "110 Push sent" to an INVITE's caller, once per fork, while no final answer was sent. */
+void fork_branch_push_sent(struct fork_branch *b);
+/* The request of the branch's fork as received (for From, Call-ID...). */
+const sip_t *fork_branch_request(struct fork_branch *b);
+const char *fork_branch_uri(struct fork_branch *b);
+/* The device's unique id and the AOR it was routed for; NULL when not known. */
+const char *fork_branch_uid(struct fork_branch *b);
+const char *fork_branch_aor(struct fork_branch *b);
+
 /* The caller CANCELled (reason: its Reason header, may be NULL). */
 void fork_cancel(struct fork *f, const sip_reason_t *reason);
 

@@ -66,5 +66,6 @@ extern const struct module_desc module_nat;
 extern const struct module_desc module_dos;
 extern const struct module_desc module_registrar;
 extern const struct module_desc module_router;
+extern const struct module_desc module_push;
 extern const struct module_desc module_forward;
 extern const struct module_desc module_sanity;

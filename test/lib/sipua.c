@@ -167,7 +167,7 @@ static int transaction(struct tl_ua *ua, const char *request, char *response, si
 }
 
 int tl_ua_register(struct tl_ua *ua, int expires) {
-        char req[2048], inst[128] = "";
+        char req[4096], inst[128] = "";
         if (ua->instance[0])
                 snprintf(inst, sizeof inst, ";+sip.instance=\"<%s>\"", ua->instance);
         unsigned cseq = ua->cseq++;
@@ -178,12 +178,12 @@ int tl_ua_register(struct tl_ua *ua, int expires) {
                  "To: <sip:%s@localhost>\r\n"
                  "Call-ID: %s\r\n"
                  "CSeq: %u REGISTER\r\n"
-                 "Contact: <sip:%s@127.0.0.1:%d>%s\r\n"
+                 "Contact: <sip:%s@127.0.0.1:%d%s>%s\r\n"
                  "Expires: %d\r\n"
                  "Max-Forwards: 70\r\n"
                  "Content-Length: 0\r\n\r\n",
                  ua->port, ua->port, cseq, random(), ua->user, cseq, ua->user, ua->reg_call_id,
-                 cseq, ua->user, ua->port, inst, expires);
+                 cseq, ua->user, ua->port, ua->contact_params, inst, expires);
         return transaction(ua, req, NULL, 0);
 }
 

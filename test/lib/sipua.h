@@ -15,6 +15,7 @@ struct tl_ua {
         int proxy_port;
         char user[64];
         char instance[64]; /* +sip.instance value (a URN), "" for none */
+        char contact_params[1024]; /* URI parameters of the Contact (";pn-provider=..."), "" */
         unsigned cseq;
         char reg_call_id[64];
         struct sockaddr_storage peer; /* where the last request came from */

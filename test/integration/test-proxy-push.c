@@ -1,0 +1,221 @@
+/* SPDX-License-Identifier: MIT */
+/* The whole push flow with real daemons: sipfleet-proxy (PushNotification + fork-late), the
+ * built sipfleet-pushd (HTTP intake) and an HTTP/2 server playing APNs
+ * (test/servers/h2-push-server.py). bob's device registers with RFC 8599 push parameters and
+ * goes silent (its socket is closed); a call or a message for him makes the proxy push it
+ * through pushd; the APNs server receives the push; the device comes back, registers, and gets
+ * the INVITE (the call is established, the caller saw "110 Push sent") or the MESSAGE. A
+ * device that answers in time is not pushed; push parameters do not leave the proxy. */
+#include <jansson.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "macro.h"
+#include "sipua.h"
+#include "testlib-h2.h"
+#include "testlib-jwt.h"
+#include "testlib.h"
+
+#define BEARER "proxy-to-pushd-secret"
+#define TEAM   "TEAMID6789"
+#define BUNDLE "org.example.phone"
+#define REMOTE "aaaa000000000000000000000000000000000000000000000000000000000001"
+#define VOIP   "bbbb000000000000000000000000000000000000000000000000000000000002"
+
+static struct tl_proxy proxy;
+static struct tl_daemon pushd;
+static struct tl_h2_server apns;
+
+static void start_all(const char *push_extra) {
+        tl_h2_server_start(&apns, "apns", "apns", NULL, NULL);
+        _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
+        int intake = tl_free_port();
+        _cleanup_free_ char *pconf = NULL, *conf = NULL;
+        ck_assert_int_ge(asprintf(&pconf,
+                                  "log-level=info\n"
+                                  "[pushd]\n"
+                                  "ca-file=%s/cafile.pem\n"
+                                  "[http-intake]\n"
+                                  "listen=127.0.0.1:%d\n"
+                                  "bearer-token=" BEARER "\n"
+                                  "[apns]\n"
+                                  "production-url=https://127.0.0.1:%d\n"
+                                  "sandbox-url=https://127.0.0.1:%d/sandbox\n"
+                                  "key-file=%s\n"
+                                  "key-id=KEYID12345\n"
+                                  "team-id=" TEAM "\n",
+                                  tl_h2_tls_dir(), intake, apns.port, apns.port, key),
+                         0);
+        tl_daemon_start(&pushd, "pushd", pconf);
+        ck_assert_int_eq(tl_wait_tcp(intake, 10000), 0);
+        ck_assert_int_ge(asprintf(&conf,
+                                  "log-level=debug\n"
+                                  "[module::Registrar]\n"
+                                  "db-implementation=internal\n"
+                                  "[module::Router]\n"
+                                  "fork-late=true\n"
+                                  "call-fork-timeout=30s\n"
+                                  "message-accept-timeout=2s\n"
+                                  "[module::PushNotification]\n"
+                                  "enabled=true\n"
+                                  "pushd-url=http://127.0.0.1:%d/v1/push\n"
+                                  "pushd-bearer-token=" BEARER "\n"
+                                  "%s",
+                                  intake, push_extra ? push_extra : ""),
+                         0);
+        tl_proxy_start(&proxy, conf);
+}
+
+static void stop_all(void) {
+        tl_proxy_done(&proxy);
+        tl_daemon_done(&pushd);
+        tl_h2_server_stop(&apns);
+}
+
+static void open_bob(struct tl_ua *bob) {
+        tl_ua_open(bob, "bob", "urn:uuid:00000000-0000-0000-0000-0000000000b7", proxy.port);
+        snprintf(bob->contact_params, sizeof bob->contact_params,
+                 ";pn-provider=apns;pn-prid=" REMOTE ":remote&" VOIP ":voip;pn-param=" TEAM
+                 "." BUNDLE ".remote&voip");
+}
+
+/* alice calls bob, whose device is asleep: VoIP push, then the call on the new registration. */
+START_TEST(test_push_call_wakes_device) {
+        struct tl_ua bob;
+        start_all(NULL);
+        open_bob(&bob);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        json_t *got = tl_ctl(proxy.sock, "REGISTRAR_GET sip:bob@localhost");
+        _cleanup_free_ char *dump = json_dumps(got, 0);
+        ck_assert_msg(strstr(dump, "pn-prid"), "push parameters not stored: %s", dump);
+        json_decref(got);
+        tl_ua_close(&bob); /* asleep: the phone's connection is gone */
+
+        char remote[64];
+        snprintf(remote, sizeof remote, "127.0.0.1:%d", proxy.port);
+        const char *args[] = {remote, "-m", "1", "-s", "bob", NULL};
+        struct tl_proc caller;
+        tl_sipp_spawn(&caller, "caller", "test/sipp/uac-call-push.xml", 0, args);
+
+        /* The INVITE fails on the closed port: pushed at once, not after `timeout`. */
+        json_t *recs = tl_h2_server_wait(&apns, 1, 4000);
+        json_t *rec = json_array_get(recs, 0);
+        ck_assert_str_eq(json_string_value(json_object_get(rec, "method")), "POST");
+        ck_assert_str_eq(json_string_value(json_object_get(rec, "path")), "/3/device/" VOIP);
+        ck_assert_str_eq(tl_h2_header(rec, "apns-topic"), BUNDLE ".voip");
+        ck_assert_str_eq(tl_h2_header(rec, "apns-push-type"), "voip");
+        json_t *body = tl_h2_body(rec);
+        ck_assert_str_eq(json_string_value(json_object_get(body, "from-uri")),
+                         "sip:caller@localhost");
+        ck_assert_ptr_nonnull(json_string_value(json_object_get(body, "call-id")));
+        json_decref(body);
+        json_decref(recs);
+
+        /* The phone wakes up, registers from a new address and gets the call. */
+        tl_ua_reopen(&bob);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        _cleanup_free_ char *invite = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(invite && strncmp(invite, "INVITE ", 7) == 0, "no INVITE: %s",
+                      strna(invite));
+        ck_assert_msg(!strstr(invite, "pn-"), "push parameters left the proxy:\n%s", invite);
+        tl_ua_reply(&bob, invite, 180, false);
+        tl_ua_reply(&bob, invite, 200, true);
+        _cleanup_free_ char *ack = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(ack && strncmp(ack, "ACK ", 4) == 0, "no ACK: %s", strna(ack));
+        _cleanup_free_ char *bye = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(bye && strncmp(bye, "BYE ", 4) == 0, "no BYE: %s", strna(bye));
+        tl_ua_reply(&bob, bye, 200, false);
+        ck_assert_int_eq(tl_sipp_wait(&caller, "caller", 10000), 0);
+
+        /* One push only: the re-sent INVITE to the woken device did not push again. */
+        recs = tl_h2_server_records(&apns);
+        ck_assert_uint_eq(json_array_size(recs), 1);
+        json_decref(recs);
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::PushNotification/count-pn-sent"), 1);
+        tl_ua_close(&bob);
+        stop_all();
+}
+END_TEST
+
+/* A MESSAGE for the sleeping device: an alert push, 202 to alice, the message on waking. */
+START_TEST(test_push_message_wakes_device) {
+        struct tl_ua bob, alice;
+        start_all(NULL);
+        open_bob(&bob);
+        tl_ua_open(&alice, "alice", NULL, proxy.port);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        tl_ua_close(&bob);
+
+        ck_assert_int_eq(tl_ua_message(&alice, "bob", NULL, "wake up", NULL, NULL, 0), 202);
+        json_t *recs = tl_h2_server_wait(&apns, 1, 4000);
+        json_t *rec = json_array_get(recs, 0);
+        ck_assert_str_eq(json_string_value(json_object_get(rec, "path")), "/3/device/" REMOTE);
+        ck_assert_str_eq(tl_h2_header(rec, "apns-topic"), BUNDLE);
+        ck_assert_str_eq(tl_h2_header(rec, "apns-push-type"), "alert");
+        json_t *body = tl_h2_body(rec);
+        ck_assert_int_eq(json_integer_value(json_object_get(
+                                 json_object_get(body, "aps"), "mutable-content")),
+                         1);
+        json_decref(body);
+        json_decref(recs);
+
+        tl_ua_reopen(&bob);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        _cleanup_free_ char *msg = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(msg && strncmp(msg, "MESSAGE ", 8) == 0, "no MESSAGE: %s", strna(msg));
+        _cleanup_free_ char *text = tl_sip_body(msg);
+        ck_assert_str_eq(text, "wake up");
+        tl_ua_reply(&bob, msg, 200, false);
+        tl_ua_close(&alice);
+        tl_ua_close(&bob);
+        stop_all();
+}
+END_TEST
+
+/* An awake device answers before `timeout`: no push. */
+START_TEST(test_push_not_sent_when_device_answers) {
+        struct tl_ua bob, alice;
+        start_all("timeout=2s\n");
+        open_bob(&bob);
+        tl_ua_open(&alice, "alice", NULL, proxy.port);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                _cleanup_free_ char *req = tl_ua_recv_request(&bob, 5000);
+                if (req)
+                        tl_ua_reply(&bob, req, 200, false);
+                _exit(req && !strstr(req, "pn-") ? 0 : 1);
+        }
+        ck_assert_int_eq(tl_ua_message(&alice, "bob", NULL, "awake", NULL, NULL, 0), 200);
+        int status;
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                      "bob did not get the message, or with push parameters");
+        usleep(2500 * 1000); /* past `timeout` */
+        json_t *recs = tl_h2_server_records(&apns);
+        ck_assert_uint_eq(json_array_size(recs), 0);
+        json_decref(recs);
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::PushNotification/count-pn-cancelled"), 1);
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::PushNotification/count-pn-sent"), 0);
+        tl_ua_close(&alice);
+        tl_ua_close(&bob);
+        stop_all();
+}
+END_TEST
+
+static Suite *push_suite(void) {
+        Suite *s = suite_create("proxy-push");
+        TCase *tc = tcase_create("flow");
+        tcase_set_timeout(tc, 60);
+        tcase_add_test(tc, test_push_call_wakes_device);
+        tcase_add_test(tc, test_push_message_wakes_device);
+        tcase_add_test(tc, test_push_not_sent_when_device_answers);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+int main(void) {
+        return tl_run(push_suite());
+}
