@@ -20,13 +20,14 @@
 #include "testlib.h"
 
 static char tmpdir[256];
+static pid_t tmpdir_owner; /* forked tests (Check) inherit it: only its creator removes it */
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
         return remove(path);
 }
 
 static void tmpdir_cleanup(void) {
-        if (tmpdir[0] && !getenv("SIPFLEET_KEEP_TMP"))
+        if (tmpdir[0] && tmpdir_owner == getpid() && !getenv("SIPFLEET_KEEP_TMP"))
                 nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
@@ -35,6 +36,7 @@ const char *tl_tmpdir(void) {
                 const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
                 snprintf(tmpdir, sizeof tmpdir, "%s/sipfleet-test-XXXXXX", base);
                 ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+                tmpdir_owner = getpid();
                 atexit(tmpdir_cleanup);
         }
         return tmpdir;
