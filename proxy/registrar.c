@@ -15,11 +15,14 @@
 #include "loop.h"
 #include "module.h"
 #include "proxy.h"
+#include "registrar-store-redis.h"
 #include "registrar-store.h"
 #include "registrar.h"
 #include "stats.h"
 
 #define PURGE_INTERVAL_MS (60 * 1000)
+/* Seconds a client should wait after a 503 because the store is unreachable. */
+#define STORE_RETRY_AFTER "5"
 
 struct registrar {
         /* configuration */
@@ -28,6 +31,9 @@ struct registrar {
         char *database_path;
         uint64_t min_expires_ms, max_expires_ms, default_expires_ms;
         int64_t max_contacts_by_aor, max_contacts_per_registration;
+        char *redis_host, *redis_user, *redis_password, *redis_prefix;
+        int64_t redis_port, redis_max_pending, redis_wait_replicas;
+        uint64_t redis_command_timeout_ms, redis_wait_timeout_ms;
 
         struct module *module;
         struct registrar_store *store;
@@ -36,8 +42,8 @@ struct registrar {
         struct stats_counter *count_clear, *count_clear_finished;
 };
 
-enum { DB_INTERNAL, DB_SQLITE };
-static const char *const db_implementations[] = {"internal", "sqlite", NULL};
+enum { DB_INTERNAL, DB_SQLITE, DB_REDIS };
+static const char *const db_implementations[] = {"internal", "sqlite", "redis", NULL};
 
 #define R(field) offsetof(struct registrar, field)
 static const struct conf_option registrar_rows[] = {
@@ -45,8 +51,8 @@ static const struct conf_option registrar_rows[] = {
          "Domains whose REGISTERs this proxy handles (Request-URI host); * = any"},
         {"module::Registrar", "db-implementation", CONF_ENUM, R(db_implementation), "sqlite", 0, 0,
          0,
-         "Where bindings are kept: sqlite (a local file, kept across restarts) or internal "
-         "(memory, lost at restart)",
+         "Where bindings are kept: sqlite (a local file, kept across restarts), internal "
+         "(memory, lost at restart) or redis (shared by the proxies of a cluster)",
          .choices = db_implementations},
         {"module::Registrar", "database-path", CONF_STRING, R(database_path), NULL, 0, 0, 0,
          "SQLite file for db-implementation=sqlite; empty = $STATE_DIRECTORY/registrar.db "
@@ -63,6 +69,33 @@ static const struct conf_option registrar_rows[] = {
         {"module::Registrar", "max-contacts-per-registration", CONF_INT,
          R(max_contacts_per_registration), "12", 1, 10000, 0,
          "More Contact headers in one REGISTER are refused with 403"},
+        {"module::Registrar", "redis-server-domain", CONF_STRING, R(redis_host), "127.0.0.1", 0,
+         0, 0, "Redis server (the master, or any replica: the master is found from it) for "
+         "db-implementation=redis; a name is resolved with a blocking lookup, prefer an address"},
+        {"module::Registrar", "redis-server-port", CONF_INT, R(redis_port), "6379", 1, 65535, 0,
+         "Port of redis-server-domain"},
+        {"module::Registrar", "redis-auth-user", CONF_STRING, R(redis_user), NULL, 0, 0, 0,
+         "Redis 6 ACL user (AUTH user password); empty: AUTH with the password only"},
+        {"module::Registrar", "redis-auth-password", CONF_STRING, R(redis_password), NULL, 0, 0,
+         CONF_SECRET, "Redis password (requirepass, or the ACL user's); empty: no AUTH"},
+        {"module::Registrar", "redis-key-prefix", CONF_STRING, R(redis_prefix), "fs:", 0, 0, 0,
+         "Prefix of the Redis keys and channels of the registrar (<prefix><user>@<host>)"},
+        {"module::Registrar", "redis-command-timeout", CONF_DURATION,
+         R(redis_command_timeout_ms), "2s", 0, 0, 0,
+         "A Redis reply later than this counts as a lost connection (the REGISTER gets 503)",
+         .unit = CONF_UNIT_MS},
+        {"module::Registrar", "redis-max-pending", CONF_INT, R(redis_max_pending), "10000", 1,
+         1000000, 0,
+         "Redis commands pipelined on the connection at most; beyond, REGISTERs get 503"},
+        {"module::Registrar", "redis-wait-replicas", CONF_INT, R(redis_wait_replicas), "0", 0,
+         100, 0,
+         "Answer 200 to a REGISTER only once this many replicas have the binding (WAIT); 0: "
+         "as soon as the master has it"},
+        {"module::Registrar", "redis-wait-timeout", CONF_DURATION, R(redis_wait_timeout_ms),
+         "500ms", 0, 0, 0,
+         "How long WAIT may take before the REGISTER gets 503; keep it under "
+         "redis-command-timeout",
+         .unit = CONF_UNIT_MS},
 };
 
 /* ---- REGISTER ---- */
@@ -160,6 +193,16 @@ static void register_finish(struct register_op *op) {
         free(op);
 }
 
+/* A store that failed is answered 503 with Retry-After (the store is unreachable, a Redis
+ * failover is under way, a replica did not confirm...), except for lack of memory. */
+static void reply_store_error(struct proxy_request *req, int error) {
+        if (error == -ENOMEM)
+                proxy_request_reply(req, SIP_500_INTERNAL_SERVER_ERROR, TAG_END());
+        else
+                proxy_request_reply(req, SIP_503_SERVICE_UNAVAILABLE,
+                                    SIPTAG_RETRY_AFTER_STR(STORE_RETRY_AFTER), TAG_END());
+}
+
 static void on_bind_done(int error, struct registrar_record *rec, void *userdata) {
         struct register_op *op = userdata;
         stats_inc(op->reg->count_bind_finished);
@@ -167,7 +210,7 @@ static void on_bind_done(int error, struct registrar_record *rec, void *userdata
                 proxy_request_reply(op->req, 400, "Invalid CSeq", TAG_END());
         else if (error < 0) {
                 log_warning_errno(error, "Registrar store failed: %m");
-                proxy_request_reply(op->req, SIP_500_INTERNAL_SERVER_ERROR, TAG_END());
+                reply_store_error(op->req, error);
         } else {
                 log_info("REGISTER for '%s': %zu binding(s).", rec->aor, rec->n_bindings);
                 register_reply(op, rec);
@@ -181,7 +224,7 @@ static void on_clear_done(int result, void *userdata) {
         stats_inc(op->reg->count_clear_finished);
         if (result < 0) {
                 log_warning_errno(result, "Registrar store failed: %m");
-                proxy_request_reply(op->req, SIP_500_INTERNAL_SERVER_ERROR, TAG_END());
+                reply_store_error(op->req, result);
         } else
                 register_reply(op, NULL);
         register_finish(op);
@@ -292,7 +335,7 @@ static enum module_result registrar_request(struct module *m, struct proxy_reque
         if (r < 0) {
                 log_warning_errno(r, "Registrar store failed for '%s': %m", aor);
                 free(op);
-                proxy_request_reply(req, SIP_500_INTERNAL_SERVER_ERROR, TAG_END());
+                reply_store_error(req, r);
                 return MODULE_STOP;
         }
         return MODULE_SUSPEND;
@@ -438,6 +481,34 @@ static void on_purge_timer(struct loop_timer *t, void *userdata) {
 static int registrar_store_open(struct registrar *reg, struct loop *l) {
         _cleanup_free_ char *path = NULL;
         int r;
+        if (reg->db_implementation == DB_REDIS) {
+                const struct registrar_redis_config cfg = {
+                        .redis = {
+                                .host = reg->redis_host,
+                                .port = (uint16_t)reg->redis_port,
+                                .username = reg->redis_user,
+                                .password = reg->redis_password,
+                                .client_name = "sipfleet-proxy",
+                                .command_timeout_ms = reg->redis_command_timeout_ms,
+                                .reconnect_max_ms = 1000,
+                                .max_pending = (size_t)reg->redis_max_pending,
+                        },
+                        .key_prefix = reg->redis_prefix,
+                        .wait_replicas = (unsigned)reg->redis_wait_replicas,
+                        .wait_timeout_ms = reg->redis_wait_timeout_ms,
+                };
+                if (!isempty(reg->redis_user) && isempty(reg->redis_password))
+                        return log_error_errno(EINVAL, "[module::Registrar] redis-auth-user "
+                                                       "needs redis-auth-password.");
+                if (reg->redis_wait_replicas > 0 &&
+                    reg->redis_wait_timeout_ms >= reg->redis_command_timeout_ms)
+                        return log_error_errno(EINVAL, "[module::Registrar] redis-wait-timeout "
+                                                       "must be below redis-command-timeout.");
+                r = registrar_store_redis_new(l, &cfg, &reg->store);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to set up the Redis registrar store: %m");
+                return 0;
+        }
         if (reg->db_implementation == DB_SQLITE) {
                 const char *state = getenv("STATE_DIRECTORY");
                 if (!isempty(reg->database_path))

@@ -8,6 +8,8 @@ sipfleet_packages=(
         libcurl4-openssl-dev libsqlite3-dev libsystemd-dev
         # tests: Check, real servers and peers, unit verification
         check libsubunit-dev redis-server redis-tools sip-tester systemd liblinphone-dev
+        # Redis failover tests: real sentinels
+        redis-sentinel
 )
 
 sipfleet_install_deps() {
