@@ -34,6 +34,10 @@ struct registrar {
         char *redis_host, *redis_user, *redis_password, *redis_prefix;
         int64_t redis_port, redis_max_pending, redis_wait_replicas;
         uint64_t redis_command_timeout_ms, redis_wait_timeout_ms;
+        char **redis_sentinels;
+        char *redis_master_name;
+        uint64_t redis_replica_check_ms;
+        bool redis_use_replicas;
 
         struct module *module;
         struct registrar_store *store;
@@ -87,6 +91,20 @@ static const struct conf_option registrar_rows[] = {
         {"module::Registrar", "redis-max-pending", CONF_INT, R(redis_max_pending), "10000", 1,
          1000000, 0,
          "Redis commands pipelined on the connection at most; beyond, REGISTERs get 503"},
+        {"module::Registrar", "redis-slave-check-period", CONF_DURATION,
+         R(redis_replica_check_ms), "60s", 0, 0, 0,
+         "How often the Redis master is asked for its replicas (INFO replication), and a "
+         "demoted master noticed",
+         .unit = CONF_UNIT_S},
+        {"module::Registrar", "redis-use-slaves-as-backup", CONF_BOOL, R(redis_use_replicas),
+         "true", 0, 0, 0,
+         "When the Redis master is lost, try its known replicas in turn: a promoted one, or one "
+         "that knows the new master"},
+        {"module::Registrar", "redis-sentinels", CONF_LIST, R(redis_sentinels), NULL, 0, 0, 0,
+         "Redis Sentinels (host:port ...) asked for the master of redis-master-name; their "
+         "+switch-master events move the proxy to a new master at once"},
+        {"module::Registrar", "redis-master-name", CONF_STRING, R(redis_master_name),
+         "sipfleet", 0, 0, 0, "Name of the master the sentinels monitor (sentinel monitor <name>)"},
         {"module::Registrar", "redis-wait-replicas", CONF_INT, R(redis_wait_replicas), "0", 0,
          100, 0,
          "Answer 200 to a REGISTER only once this many replicas have the binding (WAIT); 0: "
@@ -492,11 +510,32 @@ static int registrar_store_open(struct registrar *reg, struct loop *l) {
                                 .command_timeout_ms = reg->redis_command_timeout_ms,
                                 .reconnect_max_ms = 1000,
                                 .max_pending = (size_t)reg->redis_max_pending,
+                                .follow_master = true,
+                                .use_replicas = reg->redis_use_replicas,
+                                .replica_check_ms = reg->redis_replica_check_ms,
+                                .sentinels = reg->redis_sentinels,
+                                .master_name = reg->redis_master_name,
                         },
                         .key_prefix = reg->redis_prefix,
                         .wait_replicas = (unsigned)reg->redis_wait_replicas,
                         .wait_timeout_ms = reg->redis_wait_timeout_ms,
                 };
+                if (reg->redis_replica_check_ms < 1000)
+                        return log_error_errno(EINVAL, "[module::Registrar] "
+                                                       "redis-slave-check-period must be at "
+                                                       "least 1s.");
+                if (reg->redis_sentinels && reg->redis_sentinels[0] && isempty(reg->redis_master_name))
+                        return log_error_errno(EINVAL, "[module::Registrar] redis-sentinels "
+                                                       "needs redis-master-name.");
+                STRV_FOREACH(a, reg->redis_sentinels) {
+                        const char *colon = strrchr(*a, ':');
+                        char *end = NULL;
+                        long port = colon ? strtol(colon + 1, &end, 10) : 0;
+                        if (!colon || colon == *a || *end || port < 1 || port > 65535)
+                                return log_error_errno(EINVAL, "[module::Registrar] "
+                                                               "redis-sentinels: '%s' is not "
+                                                               "host:port.", *a);
+                }
                 if (!isempty(reg->redis_user) && isempty(reg->redis_password))
                         return log_error_errno(EINVAL, "[module::Registrar] redis-auth-user "
                                                        "needs redis-auth-password.");
