@@ -105,6 +105,16 @@ struct redis_store {
         bool counted; /* n_aors was counted once since the start */
         struct op *count_op;
         bool closing;
+        struct watcher *watchers;
+};
+
+/* A watch: a subscription to the AOR's channel. */
+struct watcher {
+        struct watcher *next;
+        struct redis_store *st;
+        char *aor, *channel;
+        registrar_event_fn cb;
+        void *userdata;
 };
 
 enum op_kind { OP_FETCH, OP_APPLY, OP_REMOVE, OP_CLEAR, OP_DUMP, OP_PURGE, OP_COUNT };
@@ -983,6 +993,62 @@ static int redis_purge(struct registrar_store *s, uint64_t now, registrar_done_f
         return start_scan(op);
 }
 
+/* ---- watch: the AOR's channel ---- */
+
+static void on_channel_message(struct redis *r, const struct redis_message *m, void *userdata) {
+        struct watcher *w = userdata;
+        if (m->type != REDIS_MESSAGE_DATA || memchr(m->data, 0, m->len))
+                return;
+        w->cb(w->aor, m->data, w->userdata);
+}
+
+static void watcher_free(struct watcher *w) {
+        free(w->aor);
+        free(w->channel);
+        free(w);
+}
+
+static int redis_watch(struct registrar_store *s, const char *aor, registrar_event_fn cb,
+                       void *userdata) {
+        struct redis_store *st = (struct redis_store *)s;
+        for (struct watcher *w = st->watchers; w; w = w->next)
+                if (w->cb == cb && w->userdata == userdata && streq(w->aor, aor))
+                        return -EEXIST;
+        struct watcher *w = calloc(1, sizeof *w);
+        if (!w)
+                return -ENOMEM;
+        *w = (struct watcher){.st = st, .cb = cb, .userdata = userdata};
+        w->aor = strdup(aor);
+        w->channel = aor_key(st, aor);
+        if (!w->aor || !w->channel) {
+                watcher_free(w);
+                return -ENOMEM;
+        }
+        int k = redis_subscribe(st->redis, w->channel, on_channel_message, w);
+        if (k < 0) {
+                watcher_free(w);
+                return k;
+        }
+        w->next = st->watchers;
+        st->watchers = w;
+        return 0;
+}
+
+static int redis_unwatch(struct registrar_store *s, const char *aor, registrar_event_fn cb,
+                         void *userdata) {
+        struct redis_store *st = (struct redis_store *)s;
+        for (struct watcher **p = &st->watchers; *p; p = &(*p)->next) {
+                struct watcher *w = *p;
+                if (w->cb != cb || w->userdata != userdata || !streq(w->aor, aor))
+                        continue;
+                *p = w->next;
+                (void)redis_unsubscribe(st->redis, w->channel, on_channel_message, w);
+                watcher_free(w);
+                return 0;
+        }
+        return -ENOENT;
+}
+
 static uint64_t redis_n_aors(struct registrar_store *s) {
         return ((struct redis_store *)s)->n_aors;
 }
@@ -1013,6 +1079,11 @@ static void redis_store_free(struct registrar_store *s) {
          * redis_free(), and their handlers only release their op. */
         st->closing = true;
         redis_free(st->redis);
+        while (st->watchers) {
+                struct watcher *w = st->watchers;
+                st->watchers = w->next;
+                watcher_free(w);
+        }
         while (st->ops) {
                 struct op *op = st->ops;
                 op_unlink(op);
@@ -1030,6 +1101,8 @@ static const struct registrar_store_ops redis_ops = {
         .clear = redis_clear,
         .dump = redis_dump,
         .purge = redis_purge,
+        .watch = redis_watch,
+        .unwatch = redis_unwatch,
         .n_aors = redis_n_aors,
         .free = redis_store_free,
 };

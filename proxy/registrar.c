@@ -41,6 +41,9 @@ struct registrar {
 
         struct module *module;
         struct registrar_store *store;
+        struct listener *listeners; /* embedded stores: "a device registered" */
+        unsigned notifying;         /* depth of listener calls: unlisten only marks */
+        bool listeners_dirty;
         struct loop_timer *purge_timer;
         struct stats_counter *count_bind, *count_bind_finished;
         struct stats_counter *count_clear, *count_clear_finished;
@@ -116,12 +119,96 @@ static const struct conf_option registrar_rows[] = {
          .unit = CONF_UNIT_MS},
 };
 
+/* ---- "a device registered" ---- */
+
+struct listener {
+        struct listener *next;
+        char *aor;
+        registrar_event_fn cb;
+        void *userdata;
+        bool dead;
+};
+
+int registrar_listen(struct registrar *reg, const char *aor, registrar_event_fn cb,
+                     void *userdata) {
+        if (!reg || !aor || !cb)
+                return -EINVAL;
+        if (reg->store->ops->watch)
+                return reg->store->ops->watch(reg->store, aor, cb, userdata);
+        for (struct listener *l = reg->listeners; l; l = l->next)
+                if (!l->dead && l->cb == cb && l->userdata == userdata && streq(l->aor, aor))
+                        return -EEXIST;
+        struct listener *l = calloc(1, sizeof *l);
+        if (!l || !(l->aor = strdup(aor))) {
+                free(l);
+                return -ENOMEM;
+        }
+        l->cb = cb;
+        l->userdata = userdata;
+        l->next = reg->listeners;
+        reg->listeners = l;
+        return 0;
+}
+
+static void listener_free(struct listener *l) {
+        free(l->aor);
+        free(l);
+}
+
+static void listeners_sweep(struct registrar *reg) {
+        for (struct listener **p = &reg->listeners; *p;) {
+                struct listener *l = *p;
+                if (l->dead) {
+                        *p = l->next;
+                        listener_free(l);
+                } else
+                        p = &l->next;
+        }
+        reg->listeners_dirty = false;
+}
+
+int registrar_unlisten(struct registrar *reg, const char *aor, registrar_event_fn cb,
+                       void *userdata) {
+        if (!reg || !aor)
+                return -EINVAL;
+        if (reg->store->ops->unwatch)
+                return reg->store->ops->unwatch(reg->store, aor, cb, userdata);
+        for (struct listener *l = reg->listeners; l; l = l->next)
+                if (!l->dead && l->cb == cb && l->userdata == userdata && streq(l->aor, aor)) {
+                        l->dead = true;
+                        reg->listeners_dirty = true;
+                        if (reg->notifying == 0)
+                                listeners_sweep(reg);
+                        return 0;
+                }
+        return -ENOENT;
+}
+
+/* The devices this REGISTER bound or refreshed (their update time is the REGISTER's). */
+static void listeners_notify(struct registrar *reg, const struct registrar_record *rec,
+                             uint64_t now) {
+        if (reg->store->ops->watch || !reg->listeners)
+                return;
+        reg->notifying++;
+        for (size_t i = 0; i < rec->n_bindings; i++) {
+                if (rec->bindings[i].update_time != now)
+                        continue;
+                /* Listeners added meanwhile are at the head: not reached by this walk. */
+                for (struct listener *l = reg->listeners; l; l = l->next)
+                        if (!l->dead && streq(l->aor, rec->aor))
+                                l->cb(rec->aor, rec->bindings[i].unique_id, l->userdata);
+        }
+        if (--reg->notifying == 0 && reg->listeners_dirty)
+                listeners_sweep(reg);
+}
+
 /* ---- REGISTER ---- */
 
 struct register_op {
         struct registrar *reg;
         struct proxy_request *req;
         bool echo_path;
+        uint64_t now; /* of the update */
 };
 
 bool registrar_domain_managed(struct registrar *reg, const char *host) {
@@ -232,6 +319,8 @@ static void on_bind_done(int error, struct registrar_record *rec, void *userdata
         } else {
                 log_info("REGISTER for '%s': %zu binding(s).", rec->aor, rec->n_bindings);
                 register_reply(op, rec);
+                if (op->now)
+                        listeners_notify(op->reg, rec, op->now);
         }
         registrar_record_free(rec);
         register_finish(op);
@@ -345,6 +434,7 @@ static enum module_result registrar_request(struct module *m, struct proxy_reque
                         .max_contacts = (size_t)reg->max_contacts_by_aor,
                         .now = realtime_msec(),
                 };
+                op->now = u.now;
                 r = contacts ? reg->store->ops->apply(reg->store, &u, on_bind_done, op)
                              : -ENOMEM;
                 if (r >= 0)
@@ -643,6 +733,11 @@ static void registrar_done(struct module *m) {
         reg->purge_timer = NULL;
         registrar_store_free(reg->store);
         reg->store = NULL;
+        while (reg->listeners) {
+                struct listener *l = reg->listeners;
+                reg->listeners = l->next;
+                listener_free(l);
+        }
 }
 
 const struct module_desc module_registrar = {

@@ -633,6 +633,57 @@ START_TEST(test_registrar_redis_failures_are_errors) {
 }
 END_TEST
 
+struct events {
+        int n;
+        char aor[64], uid[64];
+};
+
+static void on_event(const char *aor, const char *uid, void *userdata) {
+        struct events *e = userdata;
+        e->n++;
+        snprintf(e->aor, sizeof e->aor, "%s", aor);
+        snprintf(e->uid, sizeof e->uid, "%s", uid);
+        loop_quit(fx.loop);
+}
+
+START_TEST(test_registrar_redis_watch_other_writer) {
+        /* A device registering through another proxy (another store on the same Redis) is
+         * seen by a watcher of its AOR; the embedded stores have no watch (registrar.c
+         * notifies their listeners itself). */
+        redis_setup();
+        struct registrar_store *other = redis_store_open("fs:", 0, server.port);
+        redis_wait_ready(other);
+        struct events e = {0};
+        ck_assert(fx.store->ops->watch != NULL);
+        ck_assert_int_eq(fx.store->ops->watch(fx.store, AOR, on_event, &e), 0);
+        ck_assert_int_eq(fx.store->ops->watch(fx.store, AOR, on_event, &e), -EEXIST);
+        struct registrar_store *mine = fx.store;
+        /* Let the subscription become active (the pub/sub link connects on demand). */
+        for (int i = 0; i < 20; i++) {
+                struct loop_timer *t;
+                ck_assert_int_eq(loop_timer_new(fx.loop, on_poll, NULL, &t), 0);
+                ck_assert_int_eq(loop_timer_arm(t, 10), 0);
+                loop_run(fx.loop);
+                loop_timer_free(t);
+        }
+        fx.store = other;
+        struct result res = apply(AOR, &(struct reg){"o1", 1, 12,
+                                                    {{"sip:a@far", NULL, "\"<urn:uuid:far>\"",
+                                                      60, 1000}}});
+        ck_assert_int_eq(res.error, 0);
+        result_done(&res);
+        for (int i = 0; i < 50 && e.n < 1; i++)
+                loop_run(fx.loop);
+        ck_assert_int_eq(e.n, 1);
+        ck_assert_str_eq(e.aor, AOR);
+        ck_assert_str_eq(e.uid, "\"<urn:uuid:far>\"");
+        ck_assert_int_eq(mine->ops->unwatch(mine, AOR, on_event, &e), 0);
+        ck_assert_int_eq(mine->ops->unwatch(mine, AOR, on_event, &e), -ENOENT);
+        registrar_store_free(mine);
+        teardown();
+}
+END_TEST
+
 START_TEST(test_registrar_redis_free_drops_callbacks) {
         redis_setup();
         struct result res = {0};
@@ -695,6 +746,7 @@ int main(void) {
         tcase_add_test(tr, test_registrar_redis_script_reloaded);
         tcase_add_test(tr, test_registrar_redis_failures_are_errors);
         tcase_add_test(tr, test_registrar_redis_free_drops_callbacks);
+        tcase_add_test(tr, test_registrar_redis_watch_other_writer);
         suite_add_tcase(s, tr);
         TCase *th = tcase_create("helpers");
         tcase_add_test(th, test_registrar_aor_and_uri_helpers);
