@@ -398,11 +398,15 @@ static enum module_result registrar_request(struct module *m, struct proxy_reque
         } else {
                 struct registrar_contact *contacts = su_zalloc(home, n * sizeof *contacts);
                 char **path = NULL;
-                size_t n_path = 0;
+                /* In a cluster, this node first: the others reach the device through it. */
+                char *node = cluster_path(m->proxy, home);
+                size_t n_path = node ? 1 : 0;
                 for (const sip_path_t *p = sip->sip_path; p; p = p->r_next)
                         n_path++;
                 if (n_path > 0 && (path = su_zalloc(home, (n_path + 1) * sizeof *path))) {
                         size_t i = 0;
+                        if (node)
+                                path[i++] = node;
                         for (const sip_path_t *p = sip->sip_path; p; p = p->r_next)
                                 path[i++] = su_sprintf(home, "<%s>",
                                                        url_as_string(home, p->r_url));

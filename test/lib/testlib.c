@@ -319,10 +319,14 @@ char *tl_redis_cmd(struct tl_redis *r, const char *fmt, ...) {
 
 void tl_proxy_write_conf(struct tl_proxy *f, const char *extra) {
         _cleanup_free_ char *text = NULL, *tls = NULL;
+        const char *name = f->name ? f->name : "proxy";
+        _cleanup_free_ char *sock_name = NULL, *conf_name = NULL;
+        ck_assert_int_ge(asprintf(&sock_name, "%s.sock", name), 0);
+        ck_assert_int_ge(asprintf(&conf_name, "%s.conf", name), 0);
         if (!f->sock) {
                 f->port = tl_free_port();
                 f->metrics_port = tl_free_port();
-                f->sock = tl_path("proxy.sock");
+                f->sock = tl_path(sock_name);
         }
         if (f->tls_port > 0)
                 ck_assert_int_ge(asprintf(&tls, " sips:127.0.0.1:%d", f->tls_port), 0);
@@ -338,7 +342,7 @@ void tl_proxy_write_conf(struct tl_proxy *f, const char *extra) {
                                   extra ? extra : ""),
                          0);
         free(f->conf);
-        f->conf = tl_write_file("proxy.conf", text);
+        f->conf = tl_write_file(conf_name, text);
 }
 
 void tl_proxy_start(struct tl_proxy *f, const char *extra) {
@@ -346,7 +350,7 @@ void tl_proxy_start(struct tl_proxy *f, const char *extra) {
         tl_proxy_write_conf(f, extra);
         char *argv[] = {bin, "--config", f->conf, NULL};
         free(f->proc.log);
-        tl_spawn("proxy", argv, &f->proc);
+        tl_spawn(f->name ? f->name : "proxy", argv, &f->proc);
         if (tl_wait_unix(f->sock, 10000) < 0) {
                 _cleanup_free_ char *log = tl_log(&f->proc);
                 ck_abort_msg("proxy did not become ready: %s", log);
