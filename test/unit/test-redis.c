@@ -1185,6 +1185,9 @@ START_TEST(test_redis_master_lost_replica_promoted) {
         client_new(&cfg);
         wait_up(REDIS_LINK_COMMAND, 1);
         assert_set_get("before", "1");
+        struct result res;
+        command(&res, "WAIT 1 2000"); /* replicated before the kill */
+        ck_assert_int_eq(res.integer, 1);
         tl_kill(&master.proc, SIGKILL);
         tl_wait(&master.proc, 5000);
         run_for(300); /* the replica alone, its master gone: not writable */
