@@ -114,36 +114,35 @@ START_TEST(test_cluster_calls_go_through_the_node_of_the_callee) {
 }
 END_TEST
 
-START_TEST(test_cluster_bad_config_refused) {
-        /* internal-transport must be one of the node's transports. */
-        struct tl_proxy p = {.name = "proxy-bad"};
-        tl_proxy_write_conf(&p, "[cluster]\nenabled=true\nnodes=127.0.0.1\n"
-                                "internal-transport=sip:127.0.0.1:1;transport=udp\n");
+/* The proxy refuses to start with conf, saying message. */
+static void expect_refused(struct tl_proxy *p, const char *conf, const char *message) {
+        tl_proxy_write_conf(p, conf);
         _cleanup_free_ char *bin = tl_build_path("proxy/sipfleet-proxy");
-        char *argv[] = {bin, "--config", p.conf, NULL};
-        tl_spawn("proxy-bad", argv, &p.proc);
-        int status = tl_wait(&p.proc, 10000);
+        char *argv[] = {bin, "--config", p->conf, NULL};
+        free(p->proc.log);
+        tl_spawn(p->name, argv, &p->proc);
+        int status = tl_wait(&p->proc, 10000);
         ck_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0);
-        _cleanup_free_ char *log = tl_log(&p.proc);
-        ck_assert_msg(strstr(log, "is not one of this proxy's transports"), "%s", log);
-        free(p.proc.log);
-        p.proc.log = NULL;
-        tl_proxy_write_conf(&p, "[cluster]\nenabled=true\nnodes=not-an-ip\n"
-                                "internal-transport=sip:127.0.0.1:1\n");
-        /* nodes are checked after internal-transport: give a valid one. */
+        _cleanup_free_ char *log = tl_log(&p->proc);
+        ck_assert_msg(strstr(log, message), "%s", log);
+}
+
+START_TEST(test_cluster_bad_config_refused) {
+        struct tl_proxy p = {.name = "proxy-bad"};
+        /* internal-transport must be one of the node's transports. */
+        expect_refused(&p, "[cluster]\nenabled=true\nnodes=127.0.0.1\n"
+                           "internal-transport=sip:127.0.0.1:1;transport=udp\n",
+                       "is not one of this proxy's transports");
+        /* Nodes are IP addresses (checked after internal-transport: give a valid one). */
         _cleanup_free_ char *conf = NULL;
         ck_assert_int_ge(asprintf(&conf,
                                   "[cluster]\nenabled=true\nnodes=not-an-ip\n"
                                   "internal-transport=sip:127.0.0.1:%d\n",
                                   p.port),
                          0);
-        tl_proxy_write_conf(&p, conf);
-        tl_spawn("proxy-bad", argv, &p.proc);
-        status = tl_wait(&p.proc, 10000);
-        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0);
-        free(log);
-        log = tl_log(&p.proc);
-        ck_assert_msg(strstr(log, "'not-an-ip' is not an IP address"), "%s", log);
+        expect_refused(&p, conf, "'not-an-ip' is not an IP address");
+        expect_refused(&p, "[cluster]\nenabled=true\nnodes=127.0.0.1\n",
+                       "enabled=true needs internal-transport");
         tl_proxy_done(&p);
 }
 END_TEST
