@@ -2,6 +2,7 @@
 #define LOG_SUBSYSTEM LOG_redis
 
 #include <assert.h>
+#include <ctype.h>
 #include <fcntl.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
@@ -54,6 +55,9 @@ struct redis_conn {
         uint64_t backoff_ms; /* next delay; 0: start from reconnect_min_ms */
         bool reported_up;
         int reported_error;
+        bool retry_now;         /* the next attempt without delay (following a new master) */
+        char target_host[256];  /* where it is connected or connecting */
+        uint16_t target_port;
 };
 
 struct redis_cmd {
@@ -72,6 +76,19 @@ struct redis_subscriber {
         void *userdata;
         bool confirmed;
         bool dead; /* unsubscribed while its channel was dispatching; unlinked after */
+};
+
+#define MAX_REPLICAS 16
+#define MAX_SENTINELS 16
+
+struct redis_addr {
+        char host[256];
+        uint16_t port;
+};
+
+struct sentinel {
+        struct redis *parent;
+        struct redis *client;
 };
 
 struct redis_channel {
@@ -104,6 +121,19 @@ struct redis {
         struct redis_cmd *failed_head, *failed_tail;
         struct loop_timer *command_timer;
 
+        /* Failover */
+        bool follow_master, use_replicas;
+        uint64_t replica_check_ms;
+        struct redis_addr master;                 /* best guess of the master */
+        struct redis_addr replicas[MAX_REPLICAS]; /* learned from the master */
+        size_t n_replicas;
+        size_t attempt; /* 0: the master, i: replicas[i - 1] */
+        struct loop_timer *replication_timer;
+        struct sentinel sentinels[MAX_SENTINELS];
+        size_t n_sentinels;
+        char *master_name;
+        bool sentinel_named; /* master comes from a sentinel */
+
         struct redis_channel **buckets;
         size_t n_buckets, n_channels;
         struct redis_channel *dispatching; /* channel whose subscribers are being called */
@@ -119,6 +149,8 @@ struct redis_target {
 };
 
 static void conn_down(struct redis_conn *c, int error, const char *reason, bool free_context);
+static bool replication_check(struct redis_conn *c, const redisReply *reply);
+static void sentinels_ask(struct redis *r);
 
 static const char *const link_names[_REDIS_LINK_MAX] = {
         [REDIS_LINK_COMMAND] = "command",
@@ -163,6 +195,7 @@ static void redis_destroy(struct redis *r) {
                 free(r->password);
         }
         free(r->client_name);
+        free(r->master_name);
         free(r);
 }
 
@@ -369,8 +402,23 @@ static void on_command_reply(redisAsyncContext *ac, void *reply, void *privdata)
                 return;
         }
 
-        cmd_unlink(c->redis, cmd);
-        cmd_finish(c->redis, cmd, reply, 0);
+        struct redis *r = c->redis;
+        bool readonly = ((redisReply *)reply)->type == REDIS_REPLY_ERROR &&
+                        strncmp(((redisReply *)reply)->str, "READONLY", 8) == 0;
+        cmd_unlink(r, cmd);
+        if (!readonly) {
+                cmd_finish(r, cmd, reply, 0);
+                return;
+        }
+        /* The server was turned into a replica: tell the caller, then find the master. */
+        redis_ref(r);
+        cmd_finish(r, cmd, reply, 0);
+        if (!r->closed && c->ac == ac && c->state == CONN_UP) {
+                r->attempt = 0;
+                c->retry_now = true;
+                conn_down(c, -EROFS, "the server answered READONLY (a replica)", true);
+        }
+        redis_unref(r);
 }
 
 static void on_command_timer(struct loop_timer *t, void *userdata) {
@@ -746,6 +794,8 @@ static void conn_up(struct redis_conn *c) {
         c->state = CONN_UP;
         c->backoff_ms = 0;
         loop_timer_disarm(c->timer);
+        if (c->link == REDIS_LINK_COMMAND && r->follow_master && r->replication_timer)
+                (void)loop_timer_arm(r->replication_timer, r->replica_check_ms);
         if (c->keepalive)
                 (void)loop_timer_arm(c->keepalive, r->keepalive_interval_ms);
         log_debug("Redis %s link up.", link_names[c->link]);
@@ -772,9 +822,23 @@ static void conn_down(struct redis_conn *c, int error, const char *reason_, bool
         if (c->keepalive)
                 loop_timer_disarm(c->keepalive);
 
-        uint64_t delay = c->backoff_ms > 0 ? c->backoff_ms : r->reconnect_min_ms;
-        c->backoff_ms = MIN(delay * 2, r->reconnect_max_ms);
+        uint64_t delay;
+        if (c->retry_now) {
+                c->retry_now = false;
+                delay = 0;
+        } else if (c->link == REDIS_LINK_COMMAND && r->use_replicas &&
+                   ++r->attempt <= r->n_replicas)
+                delay = r->reconnect_min_ms; /* next known replica */
+        else {
+                r->attempt = 0;
+                delay = c->backoff_ms > 0 ? c->backoff_ms : r->reconnect_min_ms;
+                c->backoff_ms = MIN(delay * 2, r->reconnect_max_ms);
+        }
         (void)loop_timer_arm(c->timer, delay);
+        if (c->link == REDIS_LINK_COMMAND) {
+                loop_timer_disarm(r->replication_timer);
+                sentinels_ask(r);
+        }
 
         if (c->link == REDIS_LINK_COMMAND) {
                 commands_fail_inflight(r, error);
@@ -939,6 +1003,8 @@ static void on_handshake_reply(redisAsyncContext *ac, void *reply_, void *privda
                 conn_down(c, error_from_text(reply->str), reason, true);
                 return;
         }
+        if (streq(what, "INFO") && !replication_check(c, reply))
+                return;
         if (--c->handshake_left > 0)
                 return;
 
@@ -976,6 +1042,11 @@ static int conn_send_handshake(struct redis_conn *c) {
         }
         if (k == REDIS_OK) {
                 k = redisAsyncCommand(ac, on_handshake_reply, (void *)"PING", "PING");
+                c->handshake_left += k == REDIS_OK;
+        }
+        if (k == REDIS_OK && c->link == REDIS_LINK_COMMAND && r->follow_master && !r->unix_path) {
+                k = redisAsyncCommand(ac, on_handshake_reply, (void *)"INFO",
+                                      "INFO replication");
                 c->handshake_left += k == REDIS_OK;
         }
         return k == REDIS_OK ? 0 : -ENOMEM;
@@ -1054,9 +1125,16 @@ static void conn_connect_target(struct redis_conn *c, const struct redis_target 
 }
 
 static int redis_resolve(struct redis *r, enum redis_link link, struct redis_target *ret) {
+        struct redis_conn *c = &r->conns[link];
+        const struct redis_addr *a = &r->master;
+
+        if (link == REDIS_LINK_COMMAND && r->attempt > 0 && r->attempt <= r->n_replicas)
+                a = &r->replicas[r->attempt - 1];
+        snprintf(c->target_host, sizeof c->target_host, "%s", a->host);
+        c->target_port = a->port;
         *ret = (struct redis_target){
-                .host = r->host,
-                .port = r->port,
+                .host = c->target_host,
+                .port = c->target_port,
                 .unix_path = r->unix_path,
         };
         return 0;
@@ -1082,6 +1160,247 @@ static void on_conn_timer(struct loop_timer *t, void *userdata) {
         default:
                 break;
         }
+}
+
+/* ---- failover: replication and sentinels --------------------------------------------- */
+
+static bool addr_eq(const struct redis_addr *a, const char *host, uint16_t port) {
+        return a->port == port && streq(a->host, host);
+}
+
+static void addr_set(struct redis_addr *a, const char *host, uint16_t port) {
+        snprintf(a->host, sizeof a->host, "%s", host);
+        a->port = port;
+}
+
+/* The value of "name:" in an INFO text, copied into buf; NULL when absent. */
+static const char *info_field(const char *text, const char *name, char *buf, size_t size) {
+        size_t n = strlen(name);
+        for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+                if (strncmp(p, name, n) != 0 || p[n] != ':')
+                        continue;
+                const char *v = p + n + 1;
+                size_t len = strcspn(v, "\r\n");
+                if (len >= size)
+                        return NULL;
+                memcpy(buf, v, len);
+                buf[len] = 0;
+                return buf;
+        }
+        return NULL;
+}
+
+/* "slaveN:ip=...,port=...,state=..." lines of a master's INFO replication. */
+static void learn_replicas(struct redis *r, const char *text) {
+        size_t n = 0;
+        for (const char *p = text; p && *p && n < MAX_REPLICAS;
+             p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+                char ip[256] = "";
+                unsigned port = 0;
+                if (strncmp(p, "slave", 5) != 0 || !isdigit((unsigned char)p[5]))
+                        continue;
+                const char *ipp = strstr(p, "ip="), *portp = strstr(p, "port=");
+                const char *eol = p + strcspn(p, "\r\n");
+                if (!ipp || !portp || ipp > eol || portp > eol)
+                        continue;
+                size_t len = strcspn(ipp + 3, ",\r\n");
+                if (len == 0 || len >= sizeof ip)
+                        continue;
+                memcpy(ip, ipp + 3, len);
+                port = (unsigned)strtoul(portp + 5, NULL, 10);
+                if (port == 0 || port > 65535)
+                        continue;
+                addr_set(&r->replicas[n++], ip, (uint16_t)port);
+        }
+        if (n != r->n_replicas)
+                log_debug("Redis master has %zu replica(s).", n);
+        r->n_replicas = n;
+}
+
+/* Move every link to host:port, the new master. The caller holds a reference. */
+static void redis_move_to(struct redis *r, const char *host, uint16_t port, const char *why) {
+        bool changed = !addr_eq(&r->master, host, port);
+
+        if (changed)
+                log_debug("Redis master is now '%s' port %u (%s).", host, port, why);
+        addr_set(&r->master, host, port);
+        r->attempt = 0;
+        for (int i = 0; i < _REDIS_LINK_MAX && !r->closed; i++) {
+                struct redis_conn *c = &r->conns[i];
+                switch (c->state) {
+                case CONN_IDLE:
+                        break;
+                case CONN_WAITING:
+                        c->backoff_ms = 0;
+                        (void)loop_timer_arm(c->timer, 0);
+                        break;
+                default:
+                        if (streq(c->target_host, host) && c->target_port == port)
+                                break;
+                        c->retry_now = true;
+                        conn_down(c, -ECONNRESET, why, true);
+                        break;
+                }
+        }
+}
+
+/* The INFO replication reply of the command link: true when it is the master. Otherwise the
+ * link is taken down (to follow the master at once, or to try the next server). */
+static bool replication_check(struct redis_conn *c, const redisReply *reply) {
+        struct redis *r = c->redis;
+        char role[32], host[256], port[16], link[16];
+
+        if (reply->type != REDIS_REPLY_STRING && reply->type != REDIS_REPLY_STATUS)
+                return true;
+        if (!info_field(reply->str, "role", role, sizeof role) || streq(role, "master")) {
+                if (r->sentinel_named &&
+                    !addr_eq(&r->master, c->target_host, c->target_port)) {
+                        /* E.g. the old master restarted, not yet turned into a replica by the
+                         * sentinels: writing there would lose the writes. */
+                        conn_down(c, -EAGAIN, "a master the sentinels do not name", true);
+                        return false;
+                }
+                learn_replicas(r, reply->str);
+                addr_set(&r->master, c->target_host, c->target_port);
+                r->attempt = 0;
+                return true;
+        }
+        if (info_field(reply->str, "master_host", host, sizeof host) &&
+            info_field(reply->str, "master_port", port, sizeof port) &&
+            info_field(reply->str, "master_link_status", link, sizeof link) && streq(link, "up")) {
+                unsigned long p = strtoul(port, NULL, 10);
+                if (p > 0 && p <= 65535) {
+                        addr_set(&r->master, host, (uint16_t)p);
+                        r->attempt = 0;
+                        c->retry_now = true;
+                        conn_down(c, -EROFS, "a replica: following its master", true);
+                        return false;
+                }
+        }
+        conn_down(c, -EAGAIN, "a replica without a live master", true);
+        return false;
+}
+
+static void on_replication_info(struct redis *r, redisReply *reply, int error, void *userdata) {
+        struct redis_conn *c = &r->conns[REDIS_LINK_COMMAND];
+
+        if (error < 0 || !reply || c->state != CONN_UP)
+                return;
+        if (reply->type == REDIS_REPLY_ERROR)
+                return;
+        redis_ref(r);
+        (void)replication_check(c, reply);
+        if (!r->closed && c->state == CONN_UP)
+                (void)loop_timer_arm(r->replication_timer, r->replica_check_ms);
+        redis_unref(r);
+}
+
+static void on_replication_timer(struct loop_timer *t, void *userdata) {
+        struct redis *r = userdata;
+        if (redis_command(r, on_replication_info, NULL, "INFO replication") < 0)
+                (void)loop_timer_arm(t, r->replica_check_ms);
+}
+
+static void on_sentinel_master(struct redis *client, redisReply *reply, int error, void *userdata) {
+        struct sentinel *s = userdata;
+        struct redis *r = s->parent;
+
+        if (error < 0 || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+            reply->element[0]->type != REDIS_REPLY_STRING ||
+            reply->element[1]->type != REDIS_REPLY_STRING)
+                return;
+        unsigned long port = strtoul(reply->element[1]->str, NULL, 10);
+        if (port == 0 || port > 65535 || r->closed)
+                return;
+        struct redis_conn *c = &r->conns[REDIS_LINK_COMMAND];
+        r->sentinel_named = true;
+        if (addr_eq(&r->master, reply->element[0]->str, (uint16_t)port) && c->state == CONN_UP)
+                return;
+        redis_ref(r);
+        redis_move_to(r, reply->element[0]->str, (uint16_t)port, "named by a sentinel");
+        redis_unref(r);
+}
+
+static void sentinel_ask(struct sentinel *s) {
+        if (redis_is_connected(s->client))
+                (void)redis_command(s->client, on_sentinel_master, s,
+                                    "SENTINEL get-master-addr-by-name %s", s->parent->master_name);
+}
+
+static void sentinels_ask(struct redis *r) {
+        for (size_t i = 0; i < r->n_sentinels; i++)
+                sentinel_ask(&r->sentinels[i]);
+}
+
+static void on_sentinel_state(struct redis *client, enum redis_link link, bool up, int error,
+                              const char *reason, void *userdata) {
+        struct sentinel *s = userdata;
+        if (link == REDIS_LINK_COMMAND && up)
+                sentinel_ask(s);
+        else if (!up)
+                log_debug("Redis sentinel %s link down: %s", redis_link_name(link), strna(reason));
+}
+
+/* "+switch-master <name> <old-ip> <old-port> <new-ip> <new-port>" */
+static void on_switch_master(struct redis *client, const struct redis_message *m, void *userdata) {
+        struct sentinel *s = userdata;
+        struct redis *r = s->parent;
+        char name[256], ip[256];
+        unsigned port;
+
+        if (m->type != REDIS_MESSAGE_DATA || r->closed)
+                return;
+        if (sscanf(m->data, "%255s %*s %*s %255s %u", name, ip, &port) != 3 ||
+            !streq(name, r->master_name) || port == 0 || port > 65535)
+                return;
+        r->sentinel_named = true;
+        redis_ref(r);
+        redis_move_to(r, ip, (uint16_t)port, "+switch-master from a sentinel");
+        redis_unref(r);
+}
+
+static int sentinels_new(struct redis *r, const struct redis_config *cfg) {
+        STRV_FOREACH(a, cfg->sentinels) {
+                char host[256];
+                const char *colon = strrchr(*a, ':');
+                unsigned long port = colon ? strtoul(colon + 1, NULL, 10) : 0;
+                if (!colon || colon == *a || (size_t)(colon - *a) >= sizeof host || port == 0 ||
+                    port > 65535)
+                        return log_debug_errno(EINVAL, "Bad sentinel address '%s'.", *a);
+                if (r->n_sentinels >= MAX_SENTINELS)
+                        return log_debug_errno(EINVAL, "More than %d sentinels.", MAX_SENTINELS);
+                memcpy(host, *a, (size_t)(colon - *a));
+                host[colon - *a] = 0;
+                struct sentinel *s = &r->sentinels[r->n_sentinels];
+                const struct redis_config sc = {
+                        .host = host,
+                        .port = (uint16_t)port,
+                        .connect_timeout_ms = r->connect_timeout_ms,
+                        .command_timeout_ms = r->command_timeout_ms,
+                        .reconnect_min_ms = r->reconnect_min_ms,
+                        .reconnect_max_ms = r->reconnect_max_ms,
+                        .keepalive_interval_ms = r->keepalive_interval_ms,
+                };
+                int k = redis_new(r->loop, &sc, &s->client);
+                if (k < 0)
+                        return k;
+                s->parent = r;
+                r->n_sentinels++;
+                redis_set_state_callback(s->client, on_sentinel_state, s);
+                k = redis_subscribe(s->client, "+switch-master", on_switch_master, s);
+                if (k < 0)
+                        return k;
+        }
+        return 0;
+}
+
+const char *redis_current_server(struct redis *r, uint16_t *port) {
+        const struct redis_conn *c = &r->conns[REDIS_LINK_COMMAND];
+        if (r->unix_path)
+                return NULL;
+        if (port)
+                *port = c->target_port;
+        return c->target_host;
 }
 
 /* ---- object -------------------------------------------------------------------------- */
@@ -1128,6 +1447,22 @@ int redis_new(struct loop *loop, const struct redis_config *cfg, struct redis **
         r->max_pending = cfg->max_pending > 0 ? cfg->max_pending : 65536;
         if (r->reconnect_max_ms < r->reconnect_min_ms)
                 return log_debug_errno(EINVAL, "Redis reconnect delays: maximum below minimum.");
+        r->follow_master = cfg->follow_master || (cfg->sentinels && cfg->sentinels[0]);
+        r->use_replicas = cfg->use_replicas;
+        r->replica_check_ms = cfg->replica_check_ms > 0 ? cfg->replica_check_ms : 60000;
+        addr_set(&r->master, r->host, r->port);
+        if ((cfg->sentinels && cfg->sentinels[0])) {
+                if (r->unix_path || isempty(cfg->master_name))
+                        return log_debug_errno(EINVAL, "Redis sentinels need a master name and TCP.");
+                if (!(r->master_name = strdup(cfg->master_name)))
+                        return -ENOMEM;
+                k = sentinels_new(r, cfg);
+                if (k < 0)
+                        return k;
+        }
+        k = loop_timer_new(loop, on_replication_timer, r, &r->replication_timer);
+        if (k < 0)
+                return k;
 
         k = loop_timer_new(loop, on_command_timer, r, &r->command_timer);
         if (k < 0)
@@ -1156,6 +1491,12 @@ void redis_free(struct redis *r) {
         if (!r || r->closed)
                 return;
         r->closed = true;
+
+        for (size_t i = 0; i < r->n_sentinels; i++)
+                redis_free(TAKE_PTR(r->sentinels[i].client));
+        r->n_sentinels = 0;
+        loop_timer_free(r->replication_timer);
+        r->replication_timer = NULL;
 
         /* In flight: told -ECANCELED below. Contexts detached first, so what hiredis calls back
          * while freeing them (now, or when the current reply callback returns) finds nothing. */

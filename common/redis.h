@@ -53,6 +53,25 @@ struct redis_config {
         uint64_t reconnect_max_ms;     /* 5000: ...up to this */
         uint64_t keepalive_interval_ms; /* 10000: probe of the idle pub/sub link */
         size_t max_pending; /* 65536 (0): commands in flight at most, then -ENOBUFS */
+
+        /* Failover (TCP only). With follow_master, the command link asks "INFO replication"
+         * as the last step of each handshake and every replica_check_ms while up: on a
+         * replica whose link to its master is up it reconnects to that master at once (on one
+         * whose master is down it counts as a failed attempt); on the master it learns the
+         * replicas. A command answered READONLY (the server was turned into a replica) drops
+         * the link the same way. With use_replicas, a lost or refused master makes the next
+         * attempts go through the known replicas in turn (one of them may have been promoted,
+         * or know the new master) before the backoff starts. The pub/sub link connects to the
+         * current master, and moves when it changes. */
+        bool follow_master;
+        bool use_replicas;
+        uint64_t replica_check_ms; /* 60000 (0) */
+        /* Sentinels ("host:port" each, NULL-terminated; NULL or empty: none) watching
+         * master_name: each is asked for the master (SENTINEL get-master-addr-by-name) when it
+         * connects and whenever the command link is lost, and its "+switch-master" events move
+         * both links to the new master at once. The host/port above is only the first guess. */
+        char *const *sentinels;
+        const char *master_name;
 };
 
 enum redis_link {
@@ -107,6 +126,9 @@ void redis_set_state_callback(struct redis *r, redis_state_fn cb, void *userdata
 /* Whether the command link is up: redis_command() would be accepted. */
 bool redis_is_connected(struct redis *r);
 bool redis_link_is_up(struct redis *r, enum redis_link link);
+/* The server the command link is connected to (or trying), "host" and *port; NULL for a Unix
+ * socket. Valid until the next callback. */
+const char *redis_current_server(struct redis *r, uint16_t *port);
 
 /* hiredis format: %s a C string, %b a binary-safe buffer (pointer, size_t length), %d...
  * 0: accepted, cb will be called exactly once (never from within this call).

@@ -16,6 +16,7 @@
 #include "module.h"
 #include "proxy.h"
 #include "registrar-store.h"
+#include "registrar.h"
 
 #define REASON_CALL_COMPLETED  "SIP;cause=200;text=\"Call completed elsewhere\""
 #define REASON_BUSY_EVERYWHERE "SIP;cause=600;text=\"Busy Everywhere\""
@@ -928,6 +929,29 @@ static int index_grow(struct fork_index *ix) {
         return 0;
 }
 
+/* A device of a key's AOR registered (on this proxy, or on any proxy sharing the Redis
+ * registrar): its current bindings are fetched and the late forks of the AOR see them. */
+static void on_device_fetched(int error, struct registrar_record *rec, void *userdata) {
+        struct proxy *p = userdata;
+        if (error < 0)
+                log_warning_errno(error, "Registrar lookup after a registration failed: %m");
+        else
+                fork_late_on_register(p, rec);
+        registrar_record_free(rec);
+}
+
+static void on_device_registered(const char *aor, const char *unique_id, void *userdata) {
+        struct proxy *p = userdata;
+        struct registrar *reg = proxy_registrar(p);
+        if (!reg || !key_find(p->fork_index, aor))
+                return;
+        log_debug("Device '%s' of '%s' registered.", strna(unique_id), aor);
+        struct registrar_store *s = registrar_get_store(reg);
+        int r = s->ops->fetch(s, aor, on_device_fetched, p);
+        if (r < 0)
+                log_warning_errno(r, "Registrar lookup of '%s' failed: %m", aor);
+}
+
 static int key_link(struct fork *f) {
         struct proxy *p = f->proxy;
         if (!p->fork_index && !(p->fork_index = calloc(1, sizeof *p->fork_index)))
@@ -946,6 +970,11 @@ static int key_link(struct fork *f) {
                 k->next = ix->buckets[j];
                 ix->buckets[j] = k;
                 ix->n_keys++;
+                struct registrar *reg = proxy_registrar(p);
+                int r = reg ? registrar_listen(reg, k->aor, on_device_registered, p) : 0;
+                if (r < 0)
+                        log_warning_errno(r, "Cannot follow the registrations of '%s': %m",
+                                          k->aor);
         }
         f->key = k;
         f->key_prev = k->last;
@@ -991,6 +1020,9 @@ static void key_unlink(struct fork *f) {
                 pp = &(*pp)->next;
         *pp = k->next;
         ix->n_keys--;
+        struct registrar *reg = proxy_registrar(f->proxy);
+        if (reg)
+                registrar_unlisten(reg, k->aor, on_device_registered, f->proxy);
         free(k->aor);
         free(k);
 }

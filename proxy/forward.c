@@ -172,6 +172,9 @@ static enum module_result forward_request(struct module *m, struct proxy_request
                 return forward_fail(req, msg, SIP_500_INTERNAL_SERVER_ERROR);
         }
 
+        /* A route set starting with us (a Path naming this node, in a cluster): ours to pop. */
+        while (sip->sip_route && proxy_is_us(p, sip->sip_route->r_url))
+                sip_route_remove(msg, sip);
         if (apply_routes(fw, req, msg, sip) < 0)
                 return forward_fail(req, msg, SIP_500_INTERNAL_SERVER_ERROR);
         const url_t *hop = sip->sip_route ? sip->sip_route->r_url : sip->sip_request->rq_url;

@@ -115,6 +115,9 @@ static enum module_result nat_request(struct module *m, struct proxy_request *re
             (sip->sip_to && sip->sip_to->a_tag &&
              sip->sip_request->rq_method != sip_method_register))
                 return MODULE_CONTINUE;
+        /* Another node of the cluster is a proxy, not a client behind NAT. */
+        if (cluster_msg_from_node(m->proxy, req->msg))
+                return MODULE_CONTINUE;
         int n = correct_contacts(nat, req->msg, sip);
         if (n > 0) {
                 stats_inc(nat->count_corrected);
@@ -128,7 +131,8 @@ static void nat_response(struct module *m, msg_t *msg, sip_t *sip) {
         struct nat *nat = m->state;
         int status = sip->sip_status->st_status;
         if (status < 101 || status >= 300 || !sip->sip_cseq ||
-            !is_dialog_creating(sip->sip_cseq->cs_method))
+            !is_dialog_creating(sip->sip_cseq->cs_method) ||
+            cluster_msg_from_node(m->proxy, msg))
                 return;
         if (correct_contacts(nat, msg, sip) > 0)
                 stats_inc(nat->count_corrected);

@@ -82,6 +82,8 @@ int proxy_new(struct daemon *d, struct proxy **ret) {
         su_home_init(p->home);
         r = conf_add_table(daemon_conf(d), proxy_rows, ELEMENTSOF(proxy_rows), &p->config);
         if (r >= 0)
+                r = cluster_add_config(daemon_conf(d), &p->cluster);
+        if (r >= 0)
                 r = modules_new(p, daemon_conf(d), &p->modules, &p->n_modules);
         if (r < 0) {
                 proxy_free(p);
@@ -146,6 +148,8 @@ bool proxy_is_us(struct proxy *p, const url_t *url) {
         STRV_FOREACH(alias, p->config.aliases)
                 if (host_equal(*alias, url->url_host))
                         return true;
+        if (cluster_domain_is(p, url->url_host))
+                return true;
 
         for (tport_t *tp = tport_primaries(nta_agent_tports(p->agent)); tp; tp = tport_next(tp)) {
                 const tp_name_t *n = tport_name(tp);
@@ -522,6 +526,9 @@ int proxy_start(struct proxy *p) {
                 const tp_name_t *n = tport_name(tp);
                 log_notice("Listening on %s %s:%s.", n->tpn_proto, n->tpn_host, n->tpn_port);
         }
+        r = cluster_start(p);
+        if (r < 0)
+                return r;
         return modules_init(p->modules, p->n_modules);
 }
 

@@ -6,6 +6,8 @@
 
 #include "sofia.h"
 
+#include "cluster.h"
+
 #include "log.h"
 
 struct daemon;
@@ -32,6 +34,7 @@ struct proxy_config {
 struct proxy {
         struct daemon *daemon;
         struct proxy_config config;
+        struct cluster_config cluster; /* [cluster] (cluster.c) */
         su_root_t *root;
         su_home_t home[1];
         nta_agent_t *agent;

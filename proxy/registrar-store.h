@@ -66,6 +66,13 @@ typedef void (*registrar_dump_fn)(int error, char **aors, void *userdata);
 /* result: count of removed items, or -errno. */
 typedef void (*registrar_done_fn)(int result, void *userdata);
 
+/* A device of aor registered (bound or refreshed by a REGISTER) through some writer of the
+ * store; unique_id is its id (the +sip.instance value, or the generated id). */
+#ifndef REGISTRAR_EVENT_FN_DEFINED
+#define REGISTRAR_EVENT_FN_DEFINED
+typedef void (*registrar_event_fn)(const char *aor, const char *unique_id, void *userdata);
+#endif
+
 struct registrar_store_ops {
         const char *name;
         /* The current bindings (expired ones left out); an unknown AOR is an empty record. */
@@ -84,6 +91,14 @@ struct registrar_store_ops {
         /* Drop bindings expired at now (realtime ms); result = bindings removed. */
         int (*purge)(struct registrar_store *s, uint64_t now, registrar_done_fn cb,
                      void *userdata);
+        /* Optional, for stores shared by several proxies (NULL for the embedded ones, which
+         * only this proxy writes): call cb for each device registered on aor by any writer,
+         * this proxy included, until unwatch. One (aor, cb, userdata) triple each; -EEXIST
+         * for a duplicate, -ENOENT to unwatch an unknown one. cb may unwatch. */
+        int (*watch)(struct registrar_store *s, const char *aor, registrar_event_fn cb,
+                     void *userdata);
+        int (*unwatch)(struct registrar_store *s, const char *aor, registrar_event_fn cb,
+                       void *userdata);
         /* Registered AORs as last known (synchronous, for the gauge). */
         uint64_t (*n_aors)(struct registrar_store *s);
         /* Pending callbacks are dropped, not called. */

@@ -15,11 +15,14 @@
 #include "loop.h"
 #include "module.h"
 #include "proxy.h"
+#include "registrar-store-redis.h"
 #include "registrar-store.h"
 #include "registrar.h"
 #include "stats.h"
 
 #define PURGE_INTERVAL_MS (60 * 1000)
+/* Seconds a client should wait after a 503 because the store is unreachable. */
+#define STORE_RETRY_AFTER "5"
 
 struct registrar {
         /* configuration */
@@ -28,37 +31,26 @@ struct registrar {
         char *database_path;
         uint64_t min_expires_ms, max_expires_ms, default_expires_ms;
         int64_t max_contacts_by_aor, max_contacts_per_registration;
+        char *redis_host, *redis_user, *redis_password, *redis_prefix;
+        int64_t redis_port, redis_max_pending, redis_wait_replicas;
+        uint64_t redis_command_timeout_ms, redis_wait_timeout_ms;
+        char **redis_sentinels;
+        char *redis_master_name;
+        uint64_t redis_replica_check_ms;
+        bool redis_use_replicas;
 
         struct module *module;
         struct registrar_store *store;
+        struct listener *listeners; /* embedded stores: "a device registered" */
+        unsigned notifying;         /* depth of listener calls: unlisten only marks */
+        bool listeners_dirty;
         struct loop_timer *purge_timer;
         struct stats_counter *count_bind, *count_bind_finished;
         struct stats_counter *count_clear, *count_clear_finished;
-        struct {
-                registrar_listener_fn fn;
-                void *userdata;
-        } listeners[REGISTRAR_MAX_LISTENERS];
-        size_t n_listeners;
 };
 
-int registrar_listen(struct registrar *reg, registrar_listener_fn fn, void *userdata) {
-        if (reg->n_listeners >= REGISTRAR_MAX_LISTENERS)
-                return -ENOSPC;
-        reg->listeners[reg->n_listeners].fn = fn;
-        reg->listeners[reg->n_listeners].userdata = userdata;
-        reg->n_listeners++;
-        return 0;
-}
-
-static void notify_listeners(struct registrar *reg, const struct registrar_record *rec) {
-        if (!rec || rec->n_bindings == 0)
-                return;
-        for (size_t i = 0; i < reg->n_listeners; i++)
-                reg->listeners[i].fn(rec, reg->listeners[i].userdata);
-}
-
-enum { DB_INTERNAL, DB_SQLITE };
-static const char *const db_implementations[] = {"internal", "sqlite", NULL};
+enum { DB_INTERNAL, DB_SQLITE, DB_REDIS };
+static const char *const db_implementations[] = {"internal", "sqlite", "redis", NULL};
 
 #define R(field) offsetof(struct registrar, field)
 static const struct conf_option registrar_rows[] = {
@@ -66,8 +58,8 @@ static const struct conf_option registrar_rows[] = {
          "Domains whose REGISTERs this proxy handles (Request-URI host); * = any"},
         {"module::Registrar", "db-implementation", CONF_ENUM, R(db_implementation), "sqlite", 0, 0,
          0,
-         "Where bindings are kept: sqlite (a local file, kept across restarts) or internal "
-         "(memory, lost at restart)",
+         "Where bindings are kept: sqlite (a local file, kept across restarts), internal "
+         "(memory, lost at restart) or redis (shared by the proxies of a cluster)",
          .choices = db_implementations},
         {"module::Registrar", "database-path", CONF_STRING, R(database_path), NULL, 0, 0, 0,
          "SQLite file for db-implementation=sqlite; empty = $STATE_DIRECTORY/registrar.db "
@@ -84,7 +76,131 @@ static const struct conf_option registrar_rows[] = {
         {"module::Registrar", "max-contacts-per-registration", CONF_INT,
          R(max_contacts_per_registration), "12", 1, 10000, 0,
          "More Contact headers in one REGISTER are refused with 403"},
+        {"module::Registrar", "redis-server-domain", CONF_STRING, R(redis_host), "127.0.0.1", 0,
+         0, 0, "Redis server (the master, or any replica: the master is found from it) for "
+         "db-implementation=redis; a name is resolved with a blocking lookup, prefer an address"},
+        {"module::Registrar", "redis-server-port", CONF_INT, R(redis_port), "6379", 1, 65535, 0,
+         "Port of redis-server-domain"},
+        {"module::Registrar", "redis-auth-user", CONF_STRING, R(redis_user), NULL, 0, 0, 0,
+         "Redis 6 ACL user (AUTH user password); empty: AUTH with the password only"},
+        {"module::Registrar", "redis-auth-password", CONF_STRING, R(redis_password), NULL, 0, 0,
+         CONF_SECRET, "Redis password (requirepass, or the ACL user's); empty: no AUTH"},
+        {"module::Registrar", "redis-key-prefix", CONF_STRING, R(redis_prefix), "fs:", 0, 0, 0,
+         "Prefix of the Redis keys and channels of the registrar (<prefix><user>@<host>)"},
+        {"module::Registrar", "redis-command-timeout", CONF_DURATION,
+         R(redis_command_timeout_ms), "2s", 0, 0, 0,
+         "A Redis reply later than this counts as a lost connection (the REGISTER gets 503)",
+         .unit = CONF_UNIT_MS},
+        {"module::Registrar", "redis-max-pending", CONF_INT, R(redis_max_pending), "10000", 1,
+         1000000, 0,
+         "Redis commands pipelined on the connection at most; beyond, REGISTERs get 503"},
+        {"module::Registrar", "redis-slave-check-period", CONF_DURATION,
+         R(redis_replica_check_ms), "60s", 0, 0, 0,
+         "How often the Redis master is asked for its replicas (INFO replication), and a "
+         "demoted master noticed",
+         .unit = CONF_UNIT_S},
+        {"module::Registrar", "redis-use-slaves-as-backup", CONF_BOOL, R(redis_use_replicas),
+         "true", 0, 0, 0,
+         "When the Redis master is lost, try its known replicas in turn: a promoted one, or one "
+         "that knows the new master"},
+        {"module::Registrar", "redis-sentinels", CONF_LIST, R(redis_sentinels), NULL, 0, 0, 0,
+         "Redis Sentinels (host:port ...) asked for the master of redis-master-name; their "
+         "+switch-master events move the proxy to a new master at once"},
+        {"module::Registrar", "redis-master-name", CONF_STRING, R(redis_master_name),
+         "sipfleet", 0, 0, 0, "Name of the master the sentinels monitor (sentinel monitor <name>)"},
+        {"module::Registrar", "redis-wait-replicas", CONF_INT, R(redis_wait_replicas), "0", 0,
+         100, 0,
+         "Answer 200 to a REGISTER only once this many replicas have the binding (WAIT); 0: "
+         "as soon as the master has it"},
+        {"module::Registrar", "redis-wait-timeout", CONF_DURATION, R(redis_wait_timeout_ms),
+         "500ms", 0, 0, 0,
+         "How long WAIT may take before the REGISTER gets 503; keep it under "
+         "redis-command-timeout",
+         .unit = CONF_UNIT_MS},
 };
+
+/* ---- "a device registered" ---- */
+
+struct listener {
+        struct listener *next;
+        char *aor;
+        registrar_event_fn cb;
+        void *userdata;
+        bool dead;
+};
+
+int registrar_listen(struct registrar *reg, const char *aor, registrar_event_fn cb,
+                     void *userdata) {
+        if (!reg || !aor || !cb)
+                return -EINVAL;
+        if (reg->store->ops->watch)
+                return reg->store->ops->watch(reg->store, aor, cb, userdata);
+        for (struct listener *l = reg->listeners; l; l = l->next)
+                if (!l->dead && l->cb == cb && l->userdata == userdata && streq(l->aor, aor))
+                        return -EEXIST;
+        struct listener *l = calloc(1, sizeof *l);
+        if (!l || !(l->aor = strdup(aor))) {
+                free(l);
+                return -ENOMEM;
+        }
+        l->cb = cb;
+        l->userdata = userdata;
+        l->next = reg->listeners;
+        reg->listeners = l;
+        return 0;
+}
+
+static void listener_free(struct listener *l) {
+        free(l->aor);
+        free(l);
+}
+
+static void listeners_sweep(struct registrar *reg) {
+        for (struct listener **p = &reg->listeners; *p;) {
+                struct listener *l = *p;
+                if (l->dead) {
+                        *p = l->next;
+                        listener_free(l);
+                } else
+                        p = &l->next;
+        }
+        reg->listeners_dirty = false;
+}
+
+int registrar_unlisten(struct registrar *reg, const char *aor, registrar_event_fn cb,
+                       void *userdata) {
+        if (!reg || !aor)
+                return -EINVAL;
+        if (reg->store->ops->unwatch)
+                return reg->store->ops->unwatch(reg->store, aor, cb, userdata);
+        for (struct listener *l = reg->listeners; l; l = l->next)
+                if (!l->dead && l->cb == cb && l->userdata == userdata && streq(l->aor, aor)) {
+                        l->dead = true;
+                        reg->listeners_dirty = true;
+                        if (reg->notifying == 0)
+                                listeners_sweep(reg);
+                        return 0;
+                }
+        return -ENOENT;
+}
+
+/* The devices this REGISTER bound or refreshed (their update time is the REGISTER's). */
+static void listeners_notify(struct registrar *reg, const struct registrar_record *rec,
+                             uint64_t now) {
+        if (reg->store->ops->watch || !reg->listeners)
+                return;
+        reg->notifying++;
+        for (size_t i = 0; i < rec->n_bindings; i++) {
+                if (rec->bindings[i].update_time != now)
+                        continue;
+                /* Listeners added meanwhile are at the head: not reached by this walk. */
+                for (struct listener *l = reg->listeners; l; l = l->next)
+                        if (!l->dead && streq(l->aor, rec->aor))
+                                l->cb(rec->aor, rec->bindings[i].unique_id, l->userdata);
+        }
+        if (--reg->notifying == 0 && reg->listeners_dirty)
+                listeners_sweep(reg);
+}
 
 /* ---- REGISTER ---- */
 
@@ -92,7 +208,7 @@ struct register_op {
         struct registrar *reg;
         struct proxy_request *req;
         bool echo_path;
-        bool applied; /* contacts were written (not a fetch) */
+        uint64_t now; /* of the update */
 };
 
 bool registrar_domain_managed(struct registrar *reg, const char *host) {
@@ -182,6 +298,16 @@ static void register_finish(struct register_op *op) {
         free(op);
 }
 
+/* A store that failed is answered 503 with Retry-After (the store is unreachable, a Redis
+ * failover is under way, a replica did not confirm...), except for lack of memory. */
+static void reply_store_error(struct proxy_request *req, int error) {
+        if (error == -ENOMEM)
+                proxy_request_reply(req, SIP_500_INTERNAL_SERVER_ERROR, TAG_END());
+        else
+                proxy_request_reply(req, SIP_503_SERVICE_UNAVAILABLE,
+                                    SIPTAG_RETRY_AFTER_STR(STORE_RETRY_AFTER), TAG_END());
+}
+
 static void on_bind_done(int error, struct registrar_record *rec, void *userdata) {
         struct register_op *op = userdata;
         stats_inc(op->reg->count_bind_finished);
@@ -189,19 +315,15 @@ static void on_bind_done(int error, struct registrar_record *rec, void *userdata
                 proxy_request_reply(op->req, 400, "Invalid CSeq", TAG_END());
         else if (error < 0) {
                 log_warning_errno(error, "Registrar store failed: %m");
-                proxy_request_reply(op->req, SIP_500_INTERNAL_SERVER_ERROR, TAG_END());
+                reply_store_error(op->req, error);
         } else {
                 log_info("REGISTER for '%s': %zu binding(s).", rec->aor, rec->n_bindings);
                 register_reply(op, rec);
+                if (op->now)
+                        listeners_notify(op->reg, rec, op->now);
         }
-        /* Answered first: the device learns it is registered before pending requests reach
-         * it. */
-        struct registrar *reg = op->reg;
-        bool changed = error >= 0 && op->applied;
-        register_finish(op);
-        if (changed)
-                notify_listeners(reg, rec);
         registrar_record_free(rec);
+        register_finish(op);
 }
 
 static void on_clear_done(int result, void *userdata) {
@@ -209,7 +331,7 @@ static void on_clear_done(int result, void *userdata) {
         stats_inc(op->reg->count_clear_finished);
         if (result < 0) {
                 log_warning_errno(result, "Registrar store failed: %m");
-                proxy_request_reply(op->req, SIP_500_INTERNAL_SERVER_ERROR, TAG_END());
+                reply_store_error(op->req, result);
         } else
                 register_reply(op, NULL);
         register_finish(op);
@@ -276,11 +398,15 @@ static enum module_result registrar_request(struct module *m, struct proxy_reque
         } else {
                 struct registrar_contact *contacts = su_zalloc(home, n * sizeof *contacts);
                 char **path = NULL;
-                size_t n_path = 0;
+                /* In a cluster, this node first: the others reach the device through it. */
+                char *node = cluster_path(m->proxy, home);
+                size_t n_path = node ? 1 : 0;
                 for (const sip_path_t *p = sip->sip_path; p; p = p->r_next)
                         n_path++;
                 if (n_path > 0 && (path = su_zalloc(home, (n_path + 1) * sizeof *path))) {
                         size_t i = 0;
+                        if (node)
+                                path[i++] = node;
                         for (const sip_path_t *p = sip->sip_path; p; p = p->r_next)
                                 path[i++] = su_sprintf(home, "<%s>",
                                                        url_as_string(home, p->r_url));
@@ -312,7 +438,7 @@ static enum module_result registrar_request(struct module *m, struct proxy_reque
                         .max_contacts = (size_t)reg->max_contacts_by_aor,
                         .now = realtime_msec(),
                 };
-                op->applied = true;
+                op->now = u.now;
                 r = contacts ? reg->store->ops->apply(reg->store, &u, on_bind_done, op)
                              : -ENOMEM;
                 if (r >= 0)
@@ -321,7 +447,7 @@ static enum module_result registrar_request(struct module *m, struct proxy_reque
         if (r < 0) {
                 log_warning_errno(r, "Registrar store failed for '%s': %m", aor);
                 free(op);
-                proxy_request_reply(req, SIP_500_INTERNAL_SERVER_ERROR, TAG_END());
+                reply_store_error(req, r);
                 return MODULE_STOP;
         }
         return MODULE_SUSPEND;
@@ -332,13 +458,12 @@ static enum module_result registrar_request(struct module *m, struct proxy_reque
 struct cli_op {
         struct registrar *reg;
         struct ctl_request *req;
-        bool notify; /* an upsert: the listeners learn of it */
 };
 
 static struct cli_op *cli_op_new(struct registrar *reg, struct ctl_request *req) {
         struct cli_op *op = malloc(sizeof *op);
         if (op)
-                *op = (struct cli_op){reg, req, false};
+                *op = (struct cli_op){reg, req};
         return op;
 }
 
@@ -350,8 +475,6 @@ static void cli_on_record(int error, struct registrar_record *rec, void *userdat
                 ctl_reply_error(op->req, "Registrar store failed: %s", strerror(-error));
         else
                 ctl_reply(op->req, registrar_record_to_json(rec, realtime_msec()));
-        if (error >= 0 && op->notify)
-                notify_listeners(op->reg, rec);
         registrar_record_free(rec);
         free(op);
 }
@@ -440,7 +563,6 @@ static int cli_command(struct ctl_request *req, int argc, char **argv, void *use
                         .max_contacts = (size_t)reg->max_contacts_by_aor,
                         .now = realtime_msec(),
                 };
-                op->notify = true;
                 r = s->ops->apply(s, &u, cli_on_record, op);
         }
         if (r < 0)
@@ -471,6 +593,55 @@ static void on_purge_timer(struct loop_timer *t, void *userdata) {
 static int registrar_store_open(struct registrar *reg, struct loop *l) {
         _cleanup_free_ char *path = NULL;
         int r;
+        if (reg->db_implementation == DB_REDIS) {
+                const struct registrar_redis_config cfg = {
+                        .redis = {
+                                .host = reg->redis_host,
+                                .port = (uint16_t)reg->redis_port,
+                                .username = reg->redis_user,
+                                .password = reg->redis_password,
+                                .client_name = "sipfleet-proxy",
+                                .command_timeout_ms = reg->redis_command_timeout_ms,
+                                .reconnect_max_ms = 1000,
+                                .max_pending = (size_t)reg->redis_max_pending,
+                                .follow_master = true,
+                                .use_replicas = reg->redis_use_replicas,
+                                .replica_check_ms = reg->redis_replica_check_ms,
+                                .sentinels = reg->redis_sentinels,
+                                .master_name = reg->redis_master_name,
+                        },
+                        .key_prefix = reg->redis_prefix,
+                        .wait_replicas = (unsigned)reg->redis_wait_replicas,
+                        .wait_timeout_ms = reg->redis_wait_timeout_ms,
+                };
+                if (reg->redis_replica_check_ms < 1000)
+                        return log_error_errno(EINVAL, "[module::Registrar] "
+                                                       "redis-slave-check-period must be at "
+                                                       "least 1s.");
+                if (reg->redis_sentinels && reg->redis_sentinels[0] && isempty(reg->redis_master_name))
+                        return log_error_errno(EINVAL, "[module::Registrar] redis-sentinels "
+                                                       "needs redis-master-name.");
+                STRV_FOREACH(a, reg->redis_sentinels) {
+                        const char *colon = strrchr(*a, ':');
+                        char *end = NULL;
+                        long port = colon ? strtol(colon + 1, &end, 10) : 0;
+                        if (!colon || colon == *a || *end || port < 1 || port > 65535)
+                                return log_error_errno(EINVAL, "[module::Registrar] "
+                                                               "redis-sentinels: '%s' is not "
+                                                               "host:port.", *a);
+                }
+                if (!isempty(reg->redis_user) && isempty(reg->redis_password))
+                        return log_error_errno(EINVAL, "[module::Registrar] redis-auth-user "
+                                                       "needs redis-auth-password.");
+                if (reg->redis_wait_replicas > 0 &&
+                    reg->redis_wait_timeout_ms >= reg->redis_command_timeout_ms)
+                        return log_error_errno(EINVAL, "[module::Registrar] redis-wait-timeout "
+                                                       "must be below redis-command-timeout.");
+                r = registrar_store_redis_new(l, &cfg, &reg->store);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to set up the Redis registrar store: %m");
+                return 0;
+        }
         if (reg->db_implementation == DB_SQLITE) {
                 const char *state = getenv("STATE_DIRECTORY");
                 if (!isempty(reg->database_path))
@@ -566,6 +737,11 @@ static void registrar_done(struct module *m) {
         reg->purge_timer = NULL;
         registrar_store_free(reg->store);
         reg->store = NULL;
+        while (reg->listeners) {
+                struct listener *l = reg->listeners;
+                reg->listeners = l->next;
+                listener_free(l);
+        }
 }
 
 const struct module_desc module_registrar = {

@@ -16,10 +16,18 @@ struct registrar *proxy_registrar(struct proxy *p);
 bool registrar_domain_managed(struct registrar *reg, const char *host);
 struct registrar_store *registrar_get_store(struct registrar *reg);
 
-struct registrar_record;
-/* Called after every successful REGISTER (or REGISTRAR_UPSERT) that left the AOR with
- * bindings, with its current bindings: fork-late sends pending requests to the devices. */
-typedef void (*registrar_listener_fn)(const struct registrar_record *rec, void *userdata);
-#define REGISTRAR_MAX_LISTENERS 4
-/* -ENOSPC beyond REGISTRAR_MAX_LISTENERS. */
-int registrar_listen(struct registrar *reg, registrar_listener_fn fn, void *userdata);
+/* "A device registered": cb(aor, unique_id, userdata) for each device a REGISTER binds or
+ * refreshes on aor ("sip:user@host", as registrar_aor_normalize() gives), after its 200 OK.
+ * With a store shared by several proxies (Redis) it comes through the store, so REGISTERs
+ * on any proxy count; with the embedded stores, from this proxy's REGISTERs. For fork-late:
+ * a pending fork listens on its AOR and adds a branch for the new device. One (aor, cb,
+ * userdata) triple each: -EEXIST for a duplicate; unlisten gives -ENOENT for an unknown one.
+ * cb may unlisten (itself or others). */
+#ifndef REGISTRAR_EVENT_FN_DEFINED
+#define REGISTRAR_EVENT_FN_DEFINED
+typedef void (*registrar_event_fn)(const char *aor, const char *unique_id, void *userdata);
+#endif
+int registrar_listen(struct registrar *reg, const char *aor, registrar_event_fn cb,
+                     void *userdata);
+int registrar_unlisten(struct registrar *reg, const char *aor, registrar_event_fn cb,
+                       void *userdata);

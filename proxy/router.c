@@ -246,11 +246,6 @@ static enum module_result router_request(struct module *m, struct proxy_request 
 
 /* ---- fork-late ---- */
 
-static void on_registered(const struct registrar_record *rec, void *userdata) {
-        struct router *rt = userdata;
-        fork_late_on_register(rt->module->proxy, rec);
-}
-
 static void on_restore_fetched(int error, struct registrar_record *rec, void *userdata) {
         _cleanup_(registrar_record_freep) struct registrar_record *record = rec;
         struct router *rt = userdata;
@@ -383,9 +378,6 @@ static int router_init(struct module *m) {
                                         rt);
         if (r < 0)
                 return log_error_errno(r, "Failed to declare the router gauges: %m");
-        struct registrar *reg = proxy_registrar(p);
-        if (reg && (r = registrar_listen(reg, on_registered, rt)) < 0)
-                return log_error_errno(r, "Failed to listen to registrations: %m");
         struct ctl *ctl = daemon_ctl(p->daemon);
         if (ctl && (r = ctl_register(ctl, "MESSAGES_PENDING",
                                      "MESSAGES_PENDING [<aor>]: stored messages waiting for "

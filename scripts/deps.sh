@@ -10,6 +10,8 @@ sipfleet_packages=(
         check libsubunit-dev redis-server redis-tools sip-tester systemd liblinphone-dev
         # pushd tests: HTTP/2-over-TLS servers playing APNs and FCM (test/servers/)
         python3-h2
+        # Redis failover tests: real sentinels
+        redis-sentinel
 )
 
 sipfleet_install_deps() {

@@ -20,13 +20,14 @@
 #include "testlib.h"
 
 static char tmpdir[256];
+static pid_t tmpdir_owner; /* forked tests (Check) inherit it: only its creator removes it */
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
         return remove(path);
 }
 
 static void tmpdir_cleanup(void) {
-        if (tmpdir[0] && !getenv("SIPFLEET_KEEP_TMP"))
+        if (tmpdir[0] && tmpdir_owner == getpid() && !getenv("SIPFLEET_KEEP_TMP"))
                 nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
@@ -35,6 +36,7 @@ const char *tl_tmpdir(void) {
                 const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
                 snprintf(tmpdir, sizeof tmpdir, "%s/sipfleet-test-XXXXXX", base);
                 ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+                tmpdir_owner = getpid();
                 atexit(tmpdir_cleanup);
         }
         return tmpdir;
@@ -317,10 +319,14 @@ char *tl_redis_cmd(struct tl_redis *r, const char *fmt, ...) {
 
 void tl_proxy_write_conf(struct tl_proxy *f, const char *extra) {
         _cleanup_free_ char *text = NULL, *tls = NULL;
+        const char *name = f->name ? f->name : "proxy";
+        _cleanup_free_ char *sock_name = NULL, *conf_name = NULL;
+        ck_assert_int_ge(asprintf(&sock_name, "%s.sock", name), 0);
+        ck_assert_int_ge(asprintf(&conf_name, "%s.conf", name), 0);
         if (!f->sock) {
                 f->port = tl_free_port();
                 f->metrics_port = tl_free_port();
-                f->sock = tl_path("proxy.sock");
+                f->sock = tl_path(sock_name);
         }
         if (f->tls_port > 0)
                 ck_assert_int_ge(asprintf(&tls, " sips:127.0.0.1:%d", f->tls_port), 0);
@@ -336,7 +342,7 @@ void tl_proxy_write_conf(struct tl_proxy *f, const char *extra) {
                                   extra ? extra : ""),
                          0);
         free(f->conf);
-        f->conf = tl_write_file("proxy.conf", text);
+        f->conf = tl_write_file(conf_name, text);
 }
 
 void tl_proxy_start(struct tl_proxy *f, const char *extra) {
@@ -344,7 +350,7 @@ void tl_proxy_start(struct tl_proxy *f, const char *extra) {
         tl_proxy_write_conf(f, extra);
         char *argv[] = {bin, "--config", f->conf, NULL};
         free(f->proc.log);
-        tl_spawn("proxy", argv, &f->proc);
+        tl_spawn(f->name ? f->name : "proxy", argv, &f->proc);
         if (tl_wait_unix(f->sock, 10000) < 0) {
                 _cleanup_free_ char *log = tl_log(&f->proc);
                 ck_abort_msg("proxy did not become ready: %s", log);

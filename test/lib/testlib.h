@@ -68,6 +68,7 @@ char *tl_redis_cmd(struct tl_redis *r, const char *fmt, ...);
  * transports are bound. A tls_port set by the caller before the first start adds
  * sips:127.0.0.1:<tls_port> to the transports (extra then names tls-certificates-dir). */
 struct tl_proxy {
+        const char *name; /* set before the first start for several proxies; NULL: "proxy" */
         struct tl_proc proc;
         char *conf;
         char *sock;

@@ -11,6 +11,7 @@
 #include "loop.h"
 #include "macro.h"
 #include "redis.h"
+#include "testlib-redis.h"
 #include "testlib.h"
 
 /* Each test drives a real loop until a counter reaches a target (callbacks call loop_quit()),
@@ -74,7 +75,8 @@ static void servers_kill_leftovers(void) {
                 FILE *c = fopen(path, "re");
                 if (!c)
                         continue;
-                if (fgets(comm, sizeof comm, c) && strncmp(comm, "redis-server", 12) == 0)
+                if (fgets(comm, sizeof comm, c) && (strncmp(comm, "redis-server", 12) == 0 ||
+                                                    strncmp(comm, "redis-sentinel", 14) == 0))
                         kill(pid, SIGKILL);
                 fclose(c);
         }
@@ -1110,6 +1112,160 @@ START_TEST(test_redis_bad_config) {
 }
 END_TEST
 
+/* ---- failover ------------------------------------------------------------------------ */
+
+/* Wait (up to 10 s) until srv reports the field with this value in INFO replication. */
+static void wait_info(struct tl_redis *srv, const char *line) {
+        for (int i = 0; i < 1000; i++) {
+                _cleanup_free_ char *info = tl_redis_cmd(srv, "INFO replication");
+                if (info && strstr(info, line))
+                        return;
+                nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+        }
+        _cleanup_free_ char *info = tl_redis_cmd(srv, "INFO replication");
+        ck_abort_msg("port %d: no '%s' in %s", srv->port, line, strna(info));
+}
+
+static void start_replica(struct tl_redis *replica, const struct tl_redis *master) {
+        char port[16];
+        snprintf(port, sizeof port, "%d", master->port);
+        const char *args[] = {"--replicaof", "127.0.0.1", port, NULL};
+        server_start(replica, args);
+        wait_info(replica, "master_link_status:up");
+}
+
+static uint16_t current_port(void) {
+        uint16_t port = 0;
+        ck_assert_ptr_nonnull(redis_current_server(T.redis, &port));
+        return port;
+}
+
+/* Set key in a loop until OK (a failover may refuse the first tries), at most 10 s. */
+static void set_eventually(const char *key, const char *value) {
+        for (int i = 0; i < 100; i++) {
+                struct result res = {0};
+                if (redis_command(T.redis, on_reply, &res, "SET %s %s", key, value) == 0) {
+                        ck_assert(wait_for(&res.called, 1, 5000));
+                        if (res.error == 0 && res.type == REDIS_REPLY_STATUS)
+                                return;
+                }
+                run_for(100);
+        }
+        ck_abort_msg("SET never succeeded");
+}
+
+START_TEST(test_redis_follows_replica_to_master) {
+        struct tl_redis master, replica;
+        setup_backend(_i);
+        server_start(&master, NULL);
+        start_replica(&replica, &master);
+        struct redis_config cfg = config_for(&replica);
+        cfg.follow_master = true;
+        client_new(&cfg);
+        wait_up(REDIS_LINK_COMMAND, 1);
+        ck_assert_int_eq(current_port(), master.port);
+        assert_set_get("followed", "yes");
+        _cleanup_free_ char *v = tl_redis_cmd(&master, "GET followed");
+        ck_assert_str_eq(v, "yes");
+        server_stop(&replica);
+        server_stop(&master);
+}
+END_TEST
+
+START_TEST(test_redis_master_lost_replica_promoted) {
+        /* The replica is learned from the master's INFO; once the master dies and the replica
+         * is promoted, the client gets there by itself. */
+        struct tl_redis master, replica;
+        setup_backend(_i);
+        server_start(&master, NULL);
+        start_replica(&replica, &master);
+        struct redis_config cfg = config_for(&master);
+        cfg.follow_master = true;
+        cfg.use_replicas = true;
+        client_new(&cfg);
+        wait_up(REDIS_LINK_COMMAND, 1);
+        assert_set_get("before", "1");
+        struct result res;
+        command(&res, "WAIT 1 2000"); /* replicated before the kill */
+        ck_assert_int_eq(res.integer, 1);
+        tl_kill(&master.proc, SIGKILL);
+        tl_wait(&master.proc, 5000);
+        run_for(300); /* the replica alone, its master gone: not writable */
+        ck_assert(!redis_is_connected(T.redis));
+        _cleanup_free_ char *ok = tl_redis_cmd(&replica, "REPLICAOF NO ONE");
+        ck_assert_str_eq(ok, "OK");
+        wait_up(REDIS_LINK_COMMAND, 2);
+        ck_assert_int_eq(current_port(), replica.port);
+        set_eventually("after", "2");
+        _cleanup_free_ char *v = tl_redis_cmd(&replica, "GET before");
+        ck_assert_str_eq(v, "1");
+        server_stop(&replica);
+        free(master.proc.log);
+}
+END_TEST
+
+START_TEST(test_redis_readonly_moves_to_master) {
+        /* The server we use becomes a replica of another one: writes answered READONLY (or a
+         * dropped connection) make the client follow it to the new master. */
+        struct tl_redis a, b;
+        setup_backend(_i);
+        server_start(&a, NULL);
+        server_start(&b, NULL);
+        struct redis_config cfg = config_for(&a);
+        cfg.follow_master = true;
+        client_new(&cfg);
+        wait_up(REDIS_LINK_COMMAND, 1);
+        _cleanup_free_ char *ok = tl_redis_cmd(&a, "REPLICAOF 127.0.0.1 %d", b.port);
+        ck_assert_str_eq(ok, "OK");
+        wait_info(&a, "master_link_status:up");
+        set_eventually("moved", "yes");
+        ck_assert_int_eq(current_port(), b.port);
+        _cleanup_free_ char *v = tl_redis_cmd(&b, "GET moved");
+        ck_assert_str_eq(v, "yes");
+        server_stop(&a);
+        server_stop(&b);
+}
+END_TEST
+
+START_TEST(test_redis_sentinel_names_and_switches_master) {
+        /* The configured address is wrong (nothing there): the sentinel names the master.
+         * Then the master dies; on +switch-master the client moves to the promoted replica. */
+        struct tl_redis master, replica;
+        struct tl_sentinel sentinel = {0};
+        setup_backend(_i);
+        server_start(&master, NULL);
+        start_replica(&replica, &master);
+        tl_sentinel_start(&sentinel, "main", master.port, 1, 500, 3000);
+        server_record(sentinel.proc.pid);
+        char addr[64];
+        snprintf(addr, sizeof addr, "127.0.0.1:%d", sentinel.port);
+        char *sentinels[] = {addr, NULL};
+        struct redis_config cfg = {.host = "127.0.0.1", .port = (uint16_t)tl_free_port(),
+                                   .reconnect_min_ms = 20, .reconnect_max_ms = 200,
+                                   .sentinels = sentinels, .master_name = "main"};
+        client_new(&cfg);
+        wait_up(REDIS_LINK_COMMAND, 1);
+        ck_assert_int_eq(current_port(), master.port);
+        assert_set_get("k", "1");
+        /* The sentinel knows the replica from the master's INFO. */
+        for (int i = 0; i < 200; i++) {
+                _cleanup_free_ char *r = tl_sentinel_cmd(&sentinel, "SENTINEL replicas main");
+                if (r && strstr(r, "flags\nslave"))
+                        break;
+                nanosleep(&(struct timespec){0, 50 * 1000 * 1000}, NULL);
+        }
+        tl_kill(&master.proc, SIGKILL);
+        tl_wait(&master.proc, 5000);
+        ck_assert_msg(wait_for(&T.up[REDIS_LINK_COMMAND], 2, 20000), "no switch: %s",
+                      T.last_reason[REDIS_LINK_COMMAND]);
+        ck_assert_int_eq(current_port(), replica.port);
+        set_eventually("k2", "2");
+        tl_sentinel_stop(&sentinel);
+        server_stop(&replica);
+        free(master.proc.log);
+}
+END_TEST
+
 /* Every test runs on both loop backends: _i 0 is su_root, 1 is libevent. */
 static void add_tcase(Suite *s, const char *name, const TTest *const *tests, size_t n) {
         TCase *tc = tcase_create(name);
@@ -1139,6 +1295,9 @@ static Suite *redis_suite(void) {
         ADD_TCASE(s, "pubsub", test_redis_pubsub, test_redis_unsubscribe_in_callback,
                   test_redis_pubsub_client_kill, test_redis_pubsub_keepalive_timeout);
         ADD_TCASE(s, "free", test_redis_free_with_commands_in_flight, test_redis_free_from_callbacks);
+        ADD_TCASE(s, "failover", test_redis_follows_replica_to_master,
+                  test_redis_master_lost_replica_promoted, test_redis_readonly_moves_to_master,
+                  test_redis_sentinel_names_and_switches_master);
         return s;
 }
 

@@ -7,6 +7,8 @@
 
 #include "loop.h"
 #include "macro.h"
+#include "redis.h"
+#include "registrar-store-redis.h"
 #include "registrar-store.h"
 #include "testlib.h"
 
@@ -24,12 +26,28 @@ static int sqlite_new(struct loop *l, struct registrar_store **ret) {
         return registrar_store_sqlite_new(l, path, ret);
 }
 
+/* One redis-server for the store cases (an unchecked fixture: started before the tests
+ * fork), flushed before each test. */
+static struct tl_redis server;
+
+static int redis_store_new(struct loop *l, struct registrar_store **ret) {
+        _cleanup_free_ char *flushed = tl_redis_cmd(&server, "FLUSHALL");
+        ck_assert_str_eq(flushed, "OK");
+        const struct registrar_redis_config cfg = {
+                .redis = {.host = "127.0.0.1", .port = (uint16_t)server.port},
+                .key_prefix = "test:",
+        };
+        return registrar_store_redis_new(l, &cfg, ret);
+}
+
 static const struct {
         const char *name;
         store_new_fn new;
+        bool expires_itself; /* drops an expired AOR by itself, before any purge */
 } stores[] = {
-        {"internal", registrar_store_internal_new},
-        {"sqlite", sqlite_new},
+        {"internal", registrar_store_internal_new, false},
+        {"sqlite", sqlite_new, false},
+        {"redis", redis_store_new, true},
 };
 
 struct fixture {
@@ -40,11 +58,26 @@ struct fixture {
 
 static struct fixture fx;
 
+static void on_poll(struct loop_timer *t, void *userdata) {
+        loop_quit(fx.loop);
+}
+
 static void setup(int i) {
         fx.root = su_root_create(NULL);
         ck_assert_ptr_nonnull(fx.root);
         ck_assert_int_eq(loop_new_su(fx.root, &fx.loop), 0);
         ck_assert_int_eq(stores[i].new(fx.loop, &fx.store), 0);
+        if (streq(stores[i].name, "redis")) {
+                /* Connected and counted, within 5 s. */
+                struct loop_timer *t;
+                ck_assert_int_eq(loop_timer_new(fx.loop, on_poll, NULL, &t), 0);
+                for (int n = 0; n < 500 && !registrar_store_redis_ready(fx.store); n++) {
+                        ck_assert_int_eq(loop_timer_arm(t, 10), 0);
+                        loop_run(fx.loop);
+                }
+                loop_timer_free(t);
+                ck_assert(registrar_store_redis_ready(fx.store));
+        }
 }
 
 static void teardown(void) {
@@ -365,7 +398,7 @@ START_TEST(test_registrar_expired_hidden_and_purged) {
         ck_assert_uint_eq(res.rec->n_bindings, 0);
         result_done(&res);
         wait_for(&res, fx.store->ops->purge(fx.store, realtime_msec(), on_done, &res));
-        ck_assert_int_eq(res.error, 1);
+        ck_assert_int_eq(res.error, stores[_i].expires_itself ? 0 : 1);
         result_done(&res);
         ck_assert_uint_eq(fx.store->ops->n_aors(fx.store), 0);
         teardown();
@@ -411,6 +444,258 @@ START_TEST(test_registrar_sqlite_persists) {
 }
 END_TEST
 
+/* ---- Redis only: layout, concurrent writers, scripts, failures ---- */
+
+static struct registrar_store *redis_store_open(const char *prefix, unsigned wait_replicas,
+                                                int port) {
+        const struct registrar_redis_config cfg = {
+                .redis = {.host = "127.0.0.1", .port = (uint16_t)port,
+                          .reconnect_min_ms = 50, .reconnect_max_ms = 200},
+                .key_prefix = prefix,
+                .wait_replicas = wait_replicas,
+                .wait_timeout_ms = 100,
+        };
+        struct registrar_store *st;
+        ck_assert_int_eq(registrar_store_redis_new(fx.loop, &cfg, &st), 0);
+        return st;
+}
+
+static void redis_wait_ready(struct registrar_store *st) {
+        struct loop_timer *t;
+        ck_assert_int_eq(loop_timer_new(fx.loop, on_poll, NULL, &t), 0);
+        for (int n = 0; n < 500 && !registrar_store_redis_ready(st); n++) {
+                ck_assert_int_eq(loop_timer_arm(t, 10), 0);
+                loop_run(fx.loop);
+        }
+        loop_timer_free(t);
+        ck_assert(registrar_store_redis_ready(st));
+}
+
+static void redis_setup(void) {
+        _cleanup_free_ char *flushed = tl_redis_cmd(&server, "FLUSHALL");
+        ck_assert_str_eq(flushed, "OK");
+        fx.root = su_root_create(NULL);
+        ck_assert_int_eq(loop_new_su(fx.root, &fx.loop), 0);
+        fx.store = redis_store_open("fs:", 0, server.port);
+        redis_wait_ready(fx.store);
+}
+
+START_TEST(test_registrar_redis_layout) {
+        redis_setup();
+        uint64_t before = realtime_msec();
+        struct result res = apply(AOR, &(struct reg){"c1", 3, 12,
+                                                    {{"sip:a@10.0.0.1", "transport=tcp",
+                                                      "\"<urn:uuid:1>\"", 60, 1000},
+                                                     {"sip:a@10.0.0.2", .expires_s = 120}}});
+        ck_assert_int_eq(res.error, 0);
+        result_done(&res);
+        _cleanup_free_ char *type = tl_redis_cmd(&server, "TYPE fs:alice@example.org");
+        ck_assert_str_eq(type, "hash");
+        _cleanup_free_ char *value = tl_redis_cmd(&server, "HGET fs:alice@example.org %s",
+                                                  "c:\"<urn:uuid:1>\"");
+        ck_assert_ptr_nonnull(strstr(value, "\"contact\":\"sip:a@10.0.0.1\""));
+        ck_assert_ptr_nonnull(strstr(value, "\"call-id\":\"c1\""));
+        _cleanup_free_ char *n = tl_redis_cmd(&server, "HLEN fs:alice@example.org");
+        ck_assert_str_eq(n, "3"); /* version + two bindings */
+        /* The key expires with its last binding. */
+        _cleanup_free_ char *at = tl_redis_cmd(&server, "PEXPIRETIME fs:alice@example.org");
+        long long ms = atoll(at);
+        ck_assert_int_ge(ms, (long long)before + 120000);
+        ck_assert_int_le(ms, (long long)realtime_msec() + 120000);
+        teardown();
+}
+END_TEST
+
+struct published {
+        int n;
+        char data[8][128];
+};
+
+static void on_published(struct redis *r, const struct redis_message *m, void *userdata) {
+        struct published *p = userdata;
+        if (m->type == REDIS_MESSAGE_SUBSCRIBED) {
+                loop_quit(fx.loop);
+                return;
+        }
+        if (p->n < 8)
+                snprintf(p->data[p->n++], sizeof p->data[0], "%s", m->data);
+        loop_quit(fx.loop);
+}
+
+START_TEST(test_registrar_redis_publishes_device) {
+        redis_setup();
+        struct redis *sub;
+        struct published p = {0};
+        ck_assert_int_eq(redis_new(fx.loop, &(struct redis_config){.port = (uint16_t)server.port},
+                                   &sub), 0);
+        ck_assert_int_eq(redis_subscribe(sub, "fs:alice@example.org", on_published, &p), 0);
+        loop_run(fx.loop); /* subscribed */
+        struct result res = apply(AOR, &(struct reg){"c1", 1, 12,
+                                                    {{"sip:a@h1", NULL, "\"<urn:uuid:9>\"", 60,
+                                                      1000}}});
+        ck_assert_int_eq(res.error, 0);
+        result_done(&res);
+        for (int i = 0; i < 50 && p.n < 1; i++)
+                loop_run(fx.loop);
+        ck_assert_int_eq(p.n, 1);
+        ck_assert_str_eq(p.data[0], "\"<urn:uuid:9>\"");
+        /* A removal publishes nothing; a refresh of a generated id publishes that id. */
+        res = apply(AOR, &(struct reg){"c1", 2, 12, {{"sip:a@h1", NULL, "\"<urn:uuid:9>\"", 0,
+                                                     1000},
+                                                    {"sip:a@h2", .expires_s = 60}}});
+        ck_assert_uint_eq(res.rec->n_bindings, 1);
+        char *gen = strdup(res.rec->bindings[0].unique_id);
+        result_done(&res);
+        for (int i = 0; i < 50 && p.n < 2; i++)
+                loop_run(fx.loop);
+        ck_assert_int_eq(p.n, 2);
+        ck_assert_str_eq(p.data[1], gen);
+        free(gen);
+        redis_free(sub);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_redis_concurrent_writers) {
+        /* Two stores (two proxies) update the same AOR at the same moment: both read the same
+         * version, one write wins, the other reads again and applies on top. */
+        redis_setup();
+        struct registrar_store *other = redis_store_open("fs:", 0, server.port);
+        redis_wait_ready(other);
+        struct registrar_contact c1 = {"sip:a@one", .expires_s = 60, .q = 1000};
+        struct registrar_contact c2 = {"sip:a@two", .expires_s = 60, .q = 1000};
+        const struct registrar_update u1 = {.aor = AOR, .contacts = &c1, .n_contacts = 1,
+                                            .call_id = "x1", .cseq = 1, .max_contacts = 12,
+                                            .now = realtime_msec()};
+        const struct registrar_update u2 = {.aor = AOR, .contacts = &c2, .n_contacts = 1,
+                                            .call_id = "x2", .cseq = 1, .max_contacts = 12,
+                                            .now = realtime_msec()};
+        struct result r1 = {0}, r2 = {0};
+        ck_assert_int_eq(fx.store->ops->apply(fx.store, &u1, on_record, &r1), 0);
+        ck_assert_int_eq(other->ops->apply(other, &u2, on_record, &r2), 0);
+        for (int i = 0; i < 100 && !(r1.done && r2.done); i++)
+                loop_run(fx.loop);
+        ck_assert_int_eq(r1.error, 0);
+        ck_assert_int_eq(r2.error, 0);
+        result_done(&r1);
+        result_done(&r2);
+        struct result res = fetch(AOR);
+        ck_assert_uint_eq(res.rec->n_bindings, 2);
+        result_done(&res);
+        registrar_store_free(other);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_redis_script_reloaded) {
+        /* After SCRIPT FLUSH (a restarted or new master) EVALSHA gets NOSCRIPT: EVAL follows. */
+        redis_setup();
+        struct result res = apply(AOR, &(struct reg){"c1", 1, 12, {{"sip:a@h", .expires_s = 60}}});
+        ck_assert_int_eq(res.error, 0);
+        result_done(&res);
+        _cleanup_free_ char *ok = tl_redis_cmd(&server, "SCRIPT FLUSH");
+        ck_assert_str_eq(ok, "OK");
+        res = apply(AOR, &(struct reg){"c1", 2, 12, {{"sip:a@h2", .expires_s = 60}}});
+        ck_assert_int_eq(res.error, 0);
+        ck_assert_uint_eq(res.rec->n_bindings, 2);
+        result_done(&res);
+        wait_for(&res, fx.store->ops->purge(fx.store, realtime_msec(), on_done, &res));
+        ck_assert_int_eq(res.error, 0);
+        result_done(&res);
+        ck_assert_uint_eq(fx.store->ops->n_aors(fx.store), 1);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_redis_failures_are_errors) {
+        /* WAIT for a replica that does not exist: the write is not confirmed. */
+        fx.root = su_root_create(NULL);
+        ck_assert_int_eq(loop_new_su(fx.root, &fx.loop), 0);
+        _cleanup_free_ char *flushed = tl_redis_cmd(&server, "FLUSHALL");
+        fx.store = redis_store_open("fs:", 1, server.port);
+        redis_wait_ready(fx.store);
+        struct result res = apply(AOR, &(struct reg){"c1", 1, 12, {{"sip:a@h", .expires_s = 60}}});
+        ck_assert_int_eq(res.error, -ETIMEDOUT);
+        ck_assert_ptr_null(res.rec);
+        result_done(&res);
+        registrar_store_free(fx.store);
+
+        /* Nothing listening: every operation is refused at once, none waits. */
+        fx.store = redis_store_open("fs:", 0, tl_free_port());
+        struct registrar_contact c = {"sip:a@h", .expires_s = 60, .q = 1000};
+        const struct registrar_update u = {.aor = AOR, .contacts = &c, .n_contacts = 1,
+                                           .now = realtime_msec()};
+        ck_assert_int_eq(fx.store->ops->apply(fx.store, &u, on_record, &res), -ENOTCONN);
+        ck_assert_int_eq(fx.store->ops->fetch(fx.store, AOR, on_record, &res), -ENOTCONN);
+        ck_assert_int_eq(fx.store->ops->clear(fx.store, AOR, on_done, &res), -ENOTCONN);
+        ck_assert(!res.done);
+        teardown();
+}
+END_TEST
+
+struct events {
+        int n;
+        char aor[64], uid[64];
+};
+
+static void on_event(const char *aor, const char *uid, void *userdata) {
+        struct events *e = userdata;
+        e->n++;
+        snprintf(e->aor, sizeof e->aor, "%s", aor);
+        snprintf(e->uid, sizeof e->uid, "%s", uid);
+        loop_quit(fx.loop);
+}
+
+START_TEST(test_registrar_redis_watch_other_writer) {
+        /* A device registering through another proxy (another store on the same Redis) is
+         * seen by a watcher of its AOR; the embedded stores have no watch (registrar.c
+         * notifies their listeners itself). */
+        redis_setup();
+        struct registrar_store *other = redis_store_open("fs:", 0, server.port);
+        redis_wait_ready(other);
+        struct events e = {0};
+        ck_assert(fx.store->ops->watch != NULL);
+        ck_assert_int_eq(fx.store->ops->watch(fx.store, AOR, on_event, &e), 0);
+        ck_assert_int_eq(fx.store->ops->watch(fx.store, AOR, on_event, &e), -EEXIST);
+        struct registrar_store *mine = fx.store;
+        /* Let the subscription become active (the pub/sub link connects on demand). */
+        for (int i = 0; i < 20; i++) {
+                struct loop_timer *t;
+                ck_assert_int_eq(loop_timer_new(fx.loop, on_poll, NULL, &t), 0);
+                ck_assert_int_eq(loop_timer_arm(t, 10), 0);
+                loop_run(fx.loop);
+                loop_timer_free(t);
+        }
+        fx.store = other;
+        struct result res = apply(AOR, &(struct reg){"o1", 1, 12,
+                                                    {{"sip:a@far", NULL, "\"<urn:uuid:far>\"",
+                                                      60, 1000}}});
+        ck_assert_int_eq(res.error, 0);
+        result_done(&res);
+        for (int i = 0; i < 50 && e.n < 1; i++)
+                loop_run(fx.loop);
+        ck_assert_int_eq(e.n, 1);
+        ck_assert_str_eq(e.aor, AOR);
+        ck_assert_str_eq(e.uid, "\"<urn:uuid:far>\"");
+        ck_assert_int_eq(mine->ops->unwatch(mine, AOR, on_event, &e), 0);
+        ck_assert_int_eq(mine->ops->unwatch(mine, AOR, on_event, &e), -ENOENT);
+        registrar_store_free(mine);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_redis_free_drops_callbacks) {
+        redis_setup();
+        struct result res = {0};
+        ck_assert_int_eq(fx.store->ops->fetch(fx.store, AOR, on_record, &res), 0);
+        ck_assert_int_eq(fx.store->ops->dump(fx.store, on_dump, &res), 0);
+        registrar_store_free(fx.store);
+        fx.store = NULL;
+        ck_assert(!res.done);
+        teardown();
+}
+END_TEST
+
 START_TEST(test_registrar_aor_and_uri_helpers) {
         char *a = registrar_aor_normalize("<sip:Alice@Example.ORG:5070;transport=tcp>");
         ck_assert_str_eq(a, "sip:Alice@example.org");
@@ -426,9 +711,18 @@ START_TEST(test_registrar_aor_and_uri_helpers) {
 }
 END_TEST
 
+static void server_up(void) {
+        tl_redis_start(&server, NULL);
+}
+
+static void server_down(void) {
+        tl_redis_stop(&server);
+}
+
 int main(void) {
         Suite *s = suite_create("registrar");
         TCase *tc = tcase_create("store");
+        tcase_add_unchecked_fixture(tc, server_up, server_down);
         int n = (int)ELEMENTSOF(stores);
         tcase_add_loop_test(tc, test_registrar_fetch_unknown_is_empty, 0, n);
         tcase_add_loop_test(tc, test_registrar_bind_two_contacts, 0, n);
@@ -444,6 +738,16 @@ int main(void) {
         TCase *tq = tcase_create("sqlite");
         tcase_add_test(tq, test_registrar_sqlite_persists);
         suite_add_tcase(s, tq);
+        TCase *tr = tcase_create("redis");
+        tcase_add_unchecked_fixture(tr, server_up, server_down);
+        tcase_add_test(tr, test_registrar_redis_layout);
+        tcase_add_test(tr, test_registrar_redis_publishes_device);
+        tcase_add_test(tr, test_registrar_redis_concurrent_writers);
+        tcase_add_test(tr, test_registrar_redis_script_reloaded);
+        tcase_add_test(tr, test_registrar_redis_failures_are_errors);
+        tcase_add_test(tr, test_registrar_redis_free_drops_callbacks);
+        tcase_add_test(tr, test_registrar_redis_watch_other_writer);
+        suite_add_tcase(s, tr);
         TCase *th = tcase_create("helpers");
         tcase_add_test(th, test_registrar_aor_and_uri_helpers);
         suite_add_tcase(s, th);

@@ -1,0 +1,158 @@
+/* SPDX-License-Identifier: MIT */
+/* Two proxies of a [cluster] sharing the Redis registrar: bob registers on B, alice (the
+ * caller) on A. A call to bob arriving at A goes through B (B's Path in the binding), and a
+ * call to alice arriving at B goes through A; both nodes Record-Route, so the dialog's ACK and
+ * BYE take the same way. Real SIPp on both ends. */
+#include <jansson.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "macro.h"
+#include "testlib-redis.h"
+#include "testlib.h"
+
+static struct tl_redis redis;
+static struct tl_proxy a = {.name = "proxy-a"}, b = {.name = "proxy-b"};
+
+static void start_node(struct tl_proxy *p) {
+        tl_proxy_write_conf(p, NULL); /* picks the ports */
+        _cleanup_free_ char *conf = NULL;
+        ck_assert_int_ge(asprintf(&conf,
+                                  "log-level=debug\n"
+                                  "[cluster]\n"
+                                  "enabled=true\n"
+                                  "nodes=127.0.0.1\n"
+                                  "cluster-domain=cluster.test\n"
+                                  "internal-transport=sip:127.0.0.1:%d;transport=udp\n"
+                                  "[module::Registrar]\n"
+                                  "db-implementation=redis\n"
+                                  "redis-server-port=%d\n",
+                                  p->port, redis.port),
+                         0);
+        tl_proxy_start(p, conf);
+}
+
+/* REGISTER user at node (from a SIPp on a new port, which is returned). */
+static int ua_register(struct tl_proxy *node, const char *user) {
+        char remote[32];
+        snprintf(remote, sizeof remote, "127.0.0.1:%d", node->port);
+        int port = tl_free_port();
+        const char *args[] = {remote, "-m", "1", "-s", user, "-key", "q", "1", NULL};
+        for (int attempt = 0; attempt < 20; attempt++) {
+                struct tl_proc p;
+                tl_sipp_spawn(&p, "register", "test/sipp/reg-user.xml", port, args);
+                if (tl_sipp_wait(&p, "register", 20000) == 0)
+                        return port; /* the first may meet Redis not connected yet: 503 */
+                nanosleep(&(struct timespec){0, 100 * 1000 * 1000}, NULL);
+        }
+        ck_abort_msg("REGISTER of %s", user);
+        return -1;
+}
+
+/* uas-answer.xml expecting two proxies on the way (Max-Forwards 68). */
+static char *uas_two_hops(void) {
+        _cleanup_free_ char *src = tl_source_path("test/sipp/uas-answer.xml");
+        _cleanup_free_ char *text = tl_read_file(src, NULL);
+        ck_assert_ptr_nonnull(text);
+        char *mf = strstr(text, "Max-Forwards: 69");
+        ck_assert_ptr_nonnull(mf);
+        mf[strlen("Max-Forwards: 6")] = '8';
+        return tl_write_file("uas-answer-two-hops.xml", text);
+}
+
+/* callee (registered from callee_port) called through entry; the callee's SIPp checks the
+ * request came through two proxies, each Record-Routing. */
+static void call(struct tl_proxy *entry, const char *callee, int callee_port, int caller_port) {
+        _cleanup_free_ char *uas = uas_two_hops();
+        const char *uas_args[] = {"-m", "1", "-s", callee, NULL};
+        struct tl_proc callee_proc;
+        tl_sipp_spawn(&callee_proc, callee, uas, callee_port, uas_args);
+        char remote[32];
+        snprintf(remote, sizeof remote, "127.0.0.1:%d", entry->port);
+        const char *args[] = {remote, "-m", "1", "-s", callee, NULL};
+        struct tl_proc caller;
+        tl_sipp_spawn(&caller, "caller", "test/sipp/uac-call.xml", caller_port, args);
+        ck_assert_msg(tl_sipp_wait(&caller, "caller", 30000) == 0, "call to %s", callee);
+        ck_assert_msg(tl_sipp_wait(&callee_proc, callee, 30000) == 0, "%s answered", callee);
+}
+
+START_TEST(test_cluster_calls_go_through_the_node_of_the_callee) {
+        tl_redis_start_on(&redis, 0, NULL);
+        start_node(&a);
+        start_node(&b);
+
+        int bob_port = ua_register(&b, "bob");
+        int alice_port = ua_register(&a, "caller");
+
+        /* The binding names B first: the way to bob from any node. */
+        json_t *j = tl_ctl(a.sock, "REGISTRAR_GET sip:bob@localhost");
+        json_t *path = json_object_get(json_array_get(json_object_get(j, "contacts"), 0), "path");
+        char want[64];
+        snprintf(want, sizeof want, "<sip:127.0.0.1:%d;transport=udp;lr>", b.port);
+        ck_assert_msg(json_is_string(json_array_get(path, 0)) &&
+                              streq(json_string_value(json_array_get(path, 0)), want),
+                      "path of bob: %s", json_dumps(path, 0));
+        json_decref(j);
+
+        /* alice (on A) calls bob (on B) through A. */
+        call(&a, "bob", bob_port, alice_port);
+        ck_assert_int_eq(tl_counter(a.sock, "global/count-incoming-request-invite"), 1);
+        ck_assert_int_eq(tl_counter(b.sock, "global/count-incoming-request-invite"), 1);
+        ck_assert_int_eq(tl_counter(b.sock, "global/count-incoming-request-bye"), 1);
+
+        /* The other way: a call to alice (registered on A) arriving at B. */
+        call(&b, "caller", alice_port, 0);
+        ck_assert_int_eq(tl_counter(a.sock, "global/count-incoming-request-invite"), 2);
+        ck_assert_int_eq(tl_counter(b.sock, "global/count-incoming-request-invite"), 2);
+
+        tl_proxy_stop(&a);
+        tl_proxy_stop(&b);
+        tl_proxy_done(&a);
+        tl_proxy_done(&b);
+        tl_redis_stop(&redis);
+}
+END_TEST
+
+/* The proxy refuses to start with conf, saying message. */
+static void expect_refused(struct tl_proxy *p, const char *conf, const char *message) {
+        tl_proxy_write_conf(p, conf);
+        _cleanup_free_ char *bin = tl_build_path("proxy/sipfleet-proxy");
+        char *argv[] = {bin, "--config", p->conf, NULL};
+        free(p->proc.log);
+        tl_spawn(p->name, argv, &p->proc);
+        int status = tl_wait(&p->proc, 10000);
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0);
+        _cleanup_free_ char *log = tl_log(&p->proc);
+        ck_assert_msg(strstr(log, message), "%s", log);
+}
+
+START_TEST(test_cluster_bad_config_refused) {
+        struct tl_proxy p = {.name = "proxy-bad"};
+        /* internal-transport must be one of the node's transports. */
+        expect_refused(&p, "[cluster]\nenabled=true\nnodes=127.0.0.1\n"
+                           "internal-transport=sip:127.0.0.1:1;transport=udp\n",
+                       "is not one of this proxy's transports");
+        /* Nodes are IP addresses (checked after internal-transport: give a valid one). */
+        _cleanup_free_ char *conf = NULL;
+        ck_assert_int_ge(asprintf(&conf,
+                                  "[cluster]\nenabled=true\nnodes=not-an-ip\n"
+                                  "internal-transport=sip:127.0.0.1:%d\n",
+                                  p.port),
+                         0);
+        expect_refused(&p, conf, "'not-an-ip' is not an IP address");
+        expect_refused(&p, "[cluster]\nenabled=true\nnodes=127.0.0.1\n",
+                       "enabled=true needs internal-transport");
+        tl_proxy_done(&p);
+}
+END_TEST
+
+int main(void) {
+        Suite *s = suite_create("proxy-cluster");
+        TCase *tc = tcase_create("cluster");
+        tcase_set_timeout(tc, 90);
+        tcase_add_test(tc, test_cluster_calls_go_through_the_node_of_the_callee);
+        tcase_add_test(tc, test_cluster_bad_config_refused);
+        suite_add_tcase(s, tc);
+        return tl_run(s);
+}
