@@ -2,13 +2,15 @@
 /* Two proxies of a [cluster] sharing the Redis registrar: bob registers on B, alice (the
  * caller) on A. A call to bob arriving at A goes through B (B's Path in the binding), and a
  * call to alice arriving at B goes through A; both nodes Record-Route, so the dialog's ACK and
- * BYE take the same way. Real SIPp on both ends. */
+ * BYE take the same way. Real SIPp on both ends. Fork-late across nodes: a MESSAGE held on A
+ * for bob reaches him when he registers on B (the registration is published through Redis). */
 #include <jansson.h>
 #include <stdio.h>
 #include <sys/wait.h>
 #include <time.h>
 
 #include "macro.h"
+#include "sipua.h"
 #include "testlib-redis.h"
 #include "testlib.h"
 
@@ -114,6 +116,54 @@ START_TEST(test_cluster_calls_go_through_the_node_of_the_callee) {
 }
 END_TEST
 
+static size_t pending_on(struct tl_proxy *p) {
+        json_t *j = tl_ctl(p->sock, "MESSAGES_PENDING");
+        size_t n = json_array_size(json_object_get(j, "messages"));
+        json_decref(j);
+        return n;
+}
+
+START_TEST(test_cluster_message_held_on_a_reaches_bob_on_b) {
+        tl_redis_start_on(&redis, 0, NULL);
+        start_node(&a);
+        start_node(&b);
+        struct tl_ua alice, bob;
+        tl_ua_open(&alice, "alice", NULL, a.port);
+        tl_ua_open(&bob, "bob", "urn:uuid:00000000-0000-0000-0000-0000000000c1", b.port);
+
+        /* bob has no device: A keeps the message (503 only until A reaches Redis). */
+        int status = 0;
+        for (int i = 0; i < 50; i++) {
+                status = tl_ua_message(&alice, "bob", NULL, "held-on-a", NULL, NULL, 0);
+                if (status != 503)
+                        break;
+                nanosleep(&(struct timespec){0, 100 * 1000 * 1000}, NULL);
+        }
+        ck_assert_int_eq(status, 202);
+        ck_assert_uint_eq(pending_on(&a), 1);
+
+        for (int i = 0; i < 50 && (status = tl_ua_register(&bob, 600)) == 503; i++)
+                nanosleep(&(struct timespec){0, 100 * 1000 * 1000}, NULL);
+        ck_assert_int_eq(status, 200);
+        _cleanup_free_ char *msg = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(msg, "the message held on A did not reach bob registered on B");
+        _cleanup_free_ char *body = tl_sip_body(msg);
+        ck_assert_str_eq(body, "held-on-a");
+        tl_ua_reply(&bob, msg, 200, false);
+        /* Through B, bob's node (its Path). */
+        ck_assert_int_eq(tl_counter(b.sock, "global/count-incoming-request-message"), 1);
+        for (int i = 0; i < 50 && pending_on(&a) > 0; i++)
+                nanosleep(&(struct timespec){0, 100 * 1000 * 1000}, NULL);
+        ck_assert_uint_eq(pending_on(&a), 0);
+
+        tl_ua_close(&alice);
+        tl_ua_close(&bob);
+        tl_proxy_done(&a);
+        tl_proxy_done(&b);
+        tl_redis_stop(&redis);
+}
+END_TEST
+
 /* The proxy refuses to start with conf, saying message. */
 static void expect_refused(struct tl_proxy *p, const char *conf, const char *message) {
         tl_proxy_write_conf(p, conf);
@@ -152,6 +202,7 @@ int main(void) {
         TCase *tc = tcase_create("cluster");
         tcase_set_timeout(tc, 90);
         tcase_add_test(tc, test_cluster_calls_go_through_the_node_of_the_callee);
+        tcase_add_test(tc, test_cluster_message_held_on_a_reaches_bob_on_b);
         tcase_add_test(tc, test_cluster_bad_config_refused);
         suite_add_tcase(s, tc);
         return tl_run(s);
