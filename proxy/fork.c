@@ -85,6 +85,7 @@ struct fork {
         bool late;                 /* fork-late: waits for devices to register */
         bool late_expired;
         char *aor;                 /* the late index key */
+        char *instance;            /* a GRUU's device: the only one fork-late accepts */
         struct late_key *key;
         struct fork *key_prev, *key_next;
         int64_t store_id;          /* in the message store, 0 when not stored */
@@ -171,6 +172,12 @@ bool fork_is_late(struct fork *f) {
         return f->late;
 }
 
+int fork_set_instance(struct fork *f, const char *instance) {
+        free(f->instance);
+        f->instance = strdup(instance);
+        return f->instance ? 0 : -ENOMEM;
+}
+
 bool fork_is_stored_message(struct fork *f) {
         return f->late && f->kind == FORK_MESSAGE;
 }
@@ -241,6 +248,7 @@ static void fork_free(struct fork *f) {
                 msg_destroy(f->best);
         free(f->cancel_reason);
         strv_free(f->used_keys);
+        free(f->instance);
         key_unlink(f);
         free(f->aor);
         if (f->started) {
@@ -1140,6 +1148,11 @@ static void late_register_one(struct fork *f, const struct registrar_record *rec
                 const struct registrar_binding *bd = &rec->bindings[i];
                 if (!bd->unique_id || (sips && !contact_secure(bd->contact)))
                         continue;
+                if (f->instance) {
+                        _cleanup_free_ char *instance = registrar_gruu_instance(bd->unique_id);
+                        if (!instance || strcasecmp(instance, f->instance) != 0)
+                                continue;
+                }
                 struct fork_branch *b = current_branch(f, bd->unique_id);
                 if (!b) {
                         log_info("Device '%s' of '%s' registered: new branch.", bd->unique_id,

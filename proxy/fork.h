@@ -68,6 +68,8 @@ int fork_new(struct proxy_request *req, const char *aor, struct fork **ret);
 /* Will this fork wait for devices (fork-late)? Decided at fork_new from the method, the
  * configuration and, for MESSAGE, the content (no is-composing, no Expires: 0). */
 bool fork_is_late(struct fork *f);
+/* The request names one device (a GRUU, RFC 5627): fork-late accepts only that instance. */
+int fork_set_instance(struct fork *f, const char *instance);
 bool fork_is_stored_message(struct fork *f);
 /* Before storing one more MESSAGE for aor: 0, or the status to answer with (486: too many
  * pending for aor, 513: too large, 503: the store is full) and a Warning text. */

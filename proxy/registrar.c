@@ -31,6 +31,8 @@ struct registrar {
         char *database_path;
         uint64_t min_expires_ms, max_expires_ms, default_expires_ms;
         int64_t max_contacts_by_aor, max_contacts_per_registration;
+        char **unique_id_parameters;
+        bool enable_gruu;
         char *redis_host, *redis_user, *redis_password, *redis_prefix;
         int64_t redis_port, redis_max_pending, redis_wait_replicas;
         uint64_t redis_command_timeout_ms, redis_wait_timeout_ms;
@@ -76,6 +78,13 @@ static const struct conf_option registrar_rows[] = {
         {"module::Registrar", "max-contacts-per-registration", CONF_INT,
          R(max_contacts_per_registration), "12", 1, 10000, 0,
          "More Contact headers in one REGISTER are refused with 403"},
+        {"module::Registrar", "unique-id-parameters", CONF_LIST, R(unique_id_parameters),
+         "+sip.instance pn-tok line", 0, 0, 0,
+         "Contact parameters (header or URI) that identify a device, the first found wins; a "
+         "contact with none is matched by its URI"},
+        {"module::Registrar", "enable-gruu", CONF_BOOL, R(enable_gruu), "true", 0, 0, 0,
+         "Give a public GRUU (RFC 5627 pub-gruu) to devices that send +sip.instance with "
+         "Supported: gruu"},
         {"module::Registrar", "redis-server-domain", CONF_STRING, R(redis_host), "127.0.0.1", 0,
          0, 0, "Redis server (the master, or any replica: the master is found from it) for "
          "db-implementation=redis; a name is resolved with a blocking lookup, prefer an address"},
@@ -208,6 +217,7 @@ struct register_op {
         struct registrar *reg;
         struct proxy_request *req;
         bool echo_path;
+        bool gruu; /* Supported: gruu, and GRUUs enabled */
         uint64_t now; /* of the update */
 };
 
@@ -234,14 +244,51 @@ static uint64_t contact_expires(struct registrar *reg, const sip_t *sip, const s
         return reg->default_expires_ms / 1000;
 }
 
-/* Does a contact of this REGISTER bind instance uid with a non-zero expiry? */
-static bool instance_bound(struct registrar *reg, const sip_t *sip, const char *uid) {
+/* The device id of a contact: the first of unique-id-parameters it has, as a header
+ * parameter (+sip.instance) or a URI parameter (pn-tok, line); NULL when none. */
+static const char *contact_unique_id(struct registrar *reg, su_home_t *home,
+                                     const sip_contact_t *c) {
+        STRV_FOREACH(name, reg->unique_id_parameters) {
+                _cleanup_free_ char *key = NULL;
+                if (asprintf(&key, "%s=", *name) < 0)
+                        return NULL;
+                const char *v = msg_params_find(c->m_params, key);
+                if (v && *v)
+                        return v;
+                char buf[512];
+                if (c->m_url->url_params &&
+                    url_param(c->m_url->url_params, *name, buf, sizeof buf) > 1)
+                        return su_strdup(home, buf);
+        }
+        return NULL;
+}
+
+/* Does a contact of this REGISTER bind device uid with a non-zero expiry? */
+static bool instance_bound(struct registrar *reg, const sip_t *sip, su_home_t *home,
+                           const char *uid) {
         for (const sip_contact_t *c = sip->sip_contact; c; c = c->m_next) {
-                const char *other = msg_params_find(c->m_params, "+sip.instance=");
+                const char *other = contact_unique_id(reg, home, c);
                 if (other && streq(other, uid) && contact_expires(reg, sip, c) > 0)
                         return true;
         }
         return false;
+}
+
+char *registrar_gruu_instance(const char *unique_id) {
+        /* "\"<urn:...>\"" as sent in +sip.instance, or <urn:...>, or bare. */
+        size_t n = unique_id ? strlen(unique_id) : 0;
+        const char *s = unique_id;
+        if (n >= 2 && s[0] == '"' && s[n - 1] == '"') {
+                s++;
+                n -= 2;
+        }
+        if (n >= 2 && s[0] == '<' && s[n - 1] == '>') {
+                s++;
+                n -= 2;
+        }
+        if (n < 5 || strncasecmp(s, "urn:", 4) != 0)
+                return NULL;
+        return strndup(s, n);
 }
 
 static unsigned parse_q(const char *s) {
@@ -282,14 +329,19 @@ static void register_reply(struct register_op *op, const struct registrar_record
                 char q[24] = "";
                 if (b->q != 1000)
                         snprintf(q, sizeof q, ";q=%u.%03u", b->q / 1000, b->q % 1000);
-                char *one = su_sprintf(home, "<%s>%s%s%s;expires=%llu", b->contact,
+                char *gruu = NULL;
+                _cleanup_free_ char *instance =
+                        op->gruu ? registrar_gruu_instance(b->unique_id) : NULL;
+                if (instance)
+                        gruu = su_sprintf(home, ";pub-gruu=\"%s;gr=%s\"", rec->aor, instance);
+                char *one = su_sprintf(home, "<%s>%s%s%s;expires=%llu%s", b->contact,
                                        b->params ? ";" : "", strempty(b->params), q,
-                                       (unsigned long long)left);
+                                       (unsigned long long)left, strempty(gruu));
                 contacts = contacts ? su_sprintf(home, "%s, %s", contacts, one) : one;
         }
         proxy_request_reply(req, SIP_200_OK, TAG_IF(contacts, SIPTAG_CONTACT_STR(contacts)),
                             TAG_IF(op->echo_path, SIPTAG_PATH(sip->sip_path)),
-                            SIPTAG_SUPPORTED_STR("path"),
+                            SIPTAG_SUPPORTED_STR(op->gruu ? "path, gruu" : "path"),
                             SIPTAG_DATE(sip_date_create(home, sip_now())), TAG_END());
 }
 
@@ -384,7 +436,9 @@ static enum module_result registrar_request(struct module *m, struct proxy_reque
         }
         *op = (struct register_op){.reg = reg, .req = req,
                                    .echo_path = sip->sip_path &&
-                                                sip_has_supported(sip->sip_supported, "path")};
+                                                sip_has_supported(sip->sip_supported, "path"),
+                                   .gruu = reg->enable_gruu &&
+                                           sip_has_supported(sip->sip_supported, "gruu")};
 
         if (star) {
                 stats_inc(reg->count_clear);
@@ -413,10 +467,10 @@ static enum module_result registrar_request(struct module *m, struct proxy_reque
                 }
                 size_t i = 0;
                 for (const sip_contact_t *c = sip->sip_contact; contacts && c; c = c->m_next) {
-                        const char *uid = msg_params_find(c->m_params, "+sip.instance=");
+                        const char *uid = contact_unique_id(reg, home, c);
                         uint64_t exp = contact_expires(reg, sip, c);
                         /* A removal of an instance the same REGISTER also binds is ignored. */
-                        if (exp == 0 && uid && instance_bound(reg, sip, uid))
+                        if (exp == 0 && uid && instance_bound(reg, sip, home, uid))
                                 continue;
                         contacts[i++] = (struct registrar_contact){
                                 .contact = url_as_string(home, c->m_url),

@@ -15,6 +15,9 @@ struct registrar *proxy_registrar(struct proxy *p);
 /* Is host one of reg-domains (or is reg-domains "*")? */
 bool registrar_domain_managed(struct registrar *reg, const char *host);
 struct registrar_store *registrar_get_store(struct registrar *reg);
+/* The instance (urn:...) of a device whose unique id came from +sip.instance, to make or
+ * match a GRUU (";gr=<instance>"); NULL (not malloc'd) when the id is not an URN. */
+char *registrar_gruu_instance(const char *unique_id);
 
 /* "A device registered": cb(aor, unique_id, userdata) for each device a REGISTER binds or
  * refreshes on aor ("sip:user@host", as registrar_aor_normalize() gives), after its 200 OK.

@@ -90,6 +90,7 @@ struct route_op {
         struct router *router;
         struct proxy_request *req;
         bool sips;
+        char *gruu_instance; /* the Request-URI is a GRUU (;gr=): only this device */
 };
 
 static bool contact_is_secure(const char *uri) {
@@ -101,6 +102,7 @@ static bool contact_is_secure(const char *uri) {
 
 static void route_done(struct route_op *op, int status, const char *phrase, const char *warning) {
         struct proxy_request *req = op->req;
+        free(op->gruu_instance);
         free(op);
         if (status)
                 proxy_request_reply(req, status, phrase,
@@ -132,8 +134,15 @@ static void on_fetched(int error, struct registrar_record *rec, void *userdata) 
         r = fork_new(req, record->aor, &f);
         if (r < 0)
                 goto oom;
+        if (op->gruu_instance && (r = fork_set_instance(f, op->gruu_instance)) < 0)
+                goto oom;
         for (size_t i = 0; i < record->n_bindings; i++) {
                 const struct registrar_binding *b = &record->bindings[i];
+                if (op->gruu_instance) {
+                        _cleanup_free_ char *instance = registrar_gruu_instance(b->unique_id);
+                        if (!instance || strcasecmp(instance, op->gruu_instance) != 0)
+                                continue;
+                }
                 if (op->sips && !contact_is_secure(b->contact)) {
                         skipped_insecure++;
                         continue;
@@ -184,6 +193,12 @@ static void on_fetched(int error, struct registrar_record *rec, void *userdata) 
                                    "over TLS\"");
                         return;
                 }
+                if (op->gruu_instance) {
+                        /* RFC 5627 §7: a GRUU whose device is not registered now. */
+                        stats_inc(rt->count_unavailable);
+                        route_done(op, SIP_480_TEMPORARILY_UNAVAILABLE, NULL);
+                        return;
+                }
                 stats_inc(rt->count_not_found);
                 log_info("No binding for '%s': 404.", record->aor);
                 route_done(op, SIP_404_NOT_FOUND, NULL);
@@ -191,6 +206,7 @@ static void on_fetched(int error, struct registrar_record *rec, void *userdata) 
         }
         stats_inc(rt->count_forks);
         log_debug("Forking to %zu targets of '%s'.", fork_n_targets(f), record->aor);
+        free(op->gruu_instance);
         free(op);
         fork_start(f); /* the fork owns the request now */
         return;
@@ -231,10 +247,23 @@ static enum module_result router_request(struct module *m, struct proxy_request 
                 return MODULE_STOP;
         }
         *op = (struct route_op){.router = rt, .req = req, .sips = ruri->url_type == url_sips};
+        char gr[256];
+        if (ruri->url_params && url_param(ruri->url_params, "gr", gr, sizeof gr) > 1) {
+                /* A GRUU (RFC 5627): the device it names, not the whole AOR. */
+                url_unescape(gr, gr);
+                op->gruu_instance = strdup(gr);
+                if (!op->gruu_instance) {
+                        free(op);
+                        log_oom();
+                        proxy_request_reply(req, SIP_500_INTERNAL_SERVER_ERROR, TAG_END());
+                        return MODULE_STOP;
+                }
+        }
         proxy_request_trying(req);
         struct registrar_store *store = registrar_get_store(reg);
         int r = store->ops->fetch(store, aor, on_fetched, op);
         if (r < 0) {
+                free(op->gruu_instance);
                 free(op);
                 log_warning_errno(r, "Registrar lookup of '%s' failed: %m", aor);
                 proxy_request_reply(req, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("5"),

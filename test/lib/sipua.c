@@ -180,11 +180,13 @@ int tl_ua_register(struct tl_ua *ua, int expires) {
                  "CSeq: %u REGISTER\r\n"
                  "Contact: <sip:%s@127.0.0.1:%d%s>%s\r\n"
                  "Expires: %d\r\n"
+                 "%s"
                  "Max-Forwards: 70\r\n"
                  "Content-Length: 0\r\n\r\n",
                  ua->port, ua->port, cseq, random(), ua->user, cseq, ua->user, ua->reg_call_id,
-                 cseq, ua->user, ua->port, ua->contact_params, inst, expires);
-        return transaction(ua, req, NULL, 0);
+                 cseq, ua->user, ua->port, ua->contact_params, inst, expires,
+                 ua->register_headers);
+        return transaction(ua, req, ua->last_response, sizeof ua->last_response);
 }
 
 int tl_ua_message(struct tl_ua *ua, const char *to_user, const char *content_type,
@@ -192,18 +194,24 @@ int tl_ua_message(struct tl_ua *ua, const char *to_user, const char *content_typ
         _cleanup_free_ char *req = NULL;
         unsigned cseq = ua->cseq++;
         long id = random();
+        _cleanup_free_ char *target = NULL;
+        if (strchr(to_user, ':'))
+                target = strdup(to_user);
+        else
+                ck_assert_int_ge(asprintf(&target, "sip:%s@localhost", to_user), 0);
+        ck_assert_ptr_nonnull(target);
         ck_assert_int_ge(asprintf(&req,
-                                  "MESSAGE sip:%s@localhost SIP/2.0\r\n"
+                                  "MESSAGE %s SIP/2.0\r\n"
                                   "Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bK-msg-%ld;rport\r\n"
                                   "From: <sip:%s@localhost>;tag=m%ld\r\n"
-                                  "To: <sip:%s@localhost>\r\n"
+                                  "To: <%s>\r\n"
                                   "Call-ID: msg-%ld@127.0.0.1\r\n"
                                   "CSeq: %u MESSAGE\r\n"
                                   "Max-Forwards: 70\r\n"
                                   "%s"
                                   "Content-Type: %s\r\n"
                                   "Content-Length: %zu\r\n\r\n%s",
-                                  to_user, ua->port, id, ua->user, id, to_user, id, cseq,
+                                  target, ua->port, id, ua->user, id, target, id, cseq,
                                   extra_headers ? extra_headers : "",
                                   content_type ? content_type : "text/plain", strlen(body), body),
                          0);

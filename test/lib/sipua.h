@@ -16,6 +16,8 @@ struct tl_ua {
         char user[64];
         char instance[64]; /* +sip.instance value (a URN), "" for none */
         char contact_params[1024]; /* URI parameters of the Contact (";pn-provider=..."), "" */
+        char register_headers[256]; /* more REGISTER headers ("Supported: gruu\r\n"), "" */
+        char last_response[8192];   /* the final response to the last REGISTER */
         unsigned cseq;
         char reg_call_id[64];
         struct sockaddr_storage peer; /* where the last request came from */
@@ -31,7 +33,7 @@ void tl_ua_reopen(struct tl_ua *ua);
 
 /* REGISTER with the given expiry; returns the final status. */
 int tl_ua_register(struct tl_ua *ua, int expires);
-/* MESSAGE to to_user@localhost with a text/plain body (content_type NULL) or another type;
+/* MESSAGE to to_user@localhost (or to a full URI when to_user has a ':') with a text/plain body (content_type NULL) or another type;
  * extra_headers ("Name: value\r\n"..., may be NULL). Returns the final status; the final
  * response is copied to response (when not NULL, size bytes). */
 int tl_ua_message(struct tl_ua *ua, const char *to_user, const char *content_type,
