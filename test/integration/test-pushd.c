@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "macro.h"
+#include "testlib-h2.h"
 #include "testlib-jwt.h"
 #include "testlib.h"
 
@@ -37,114 +38,7 @@ static void sleep_ms(int ms) {
         nanosleep(&(struct timespec){ms / 1000, (ms % 1000) * 1000000L}, NULL);
 }
 
-/* ---- the Python provider servers ---- */
-
-struct server {
-        struct tl_proc proc;
-        int port;
-        char *record;
-        char *scenario;
-        char *name;
-};
-
-static const char *tls_dir(void) {
-        static char *dir;
-        if (!dir)
-                dir = tl_tls_dir("tls", NULL);
-        return dir;
-}
-
-static void server_scenario(struct server *s, const char *json) {
-        _cleanup_free_ char *tmp = NULL, *name = NULL;
-        ck_assert_int_ge(asprintf(&name, "%s-scenario.tmp", s->name), 0);
-        tmp = tl_write_file(name, json);
-        ck_assert_int_eq(rename(tmp, s->scenario), 0);
-}
-
-static void server_start(struct server *s, const char *name, const char *mode,
-                         const char *client_ca, const char *scenario) {
-        *s = (struct server){.port = tl_free_port(), .name = strdup(name)};
-        _cleanup_free_ char *rec = NULL, *sc = NULL, *cert = NULL, *key = NULL, *port = NULL,
-                            *script = tl_source_path("test/servers/h2-push-server.py");
-        ck_assert_int_ge(asprintf(&rec, "%s.jsonl", name), 0);
-        ck_assert_int_ge(asprintf(&sc, "%s-scenario.json", name), 0);
-        s->record = tl_path(rec);
-        s->scenario = tl_write_file(sc, scenario ? scenario : "{}");
-        ck_assert_int_ge(asprintf(&cert, "%s/agent.crt", tls_dir()), 0);
-        ck_assert_int_ge(asprintf(&key, "%s/agent.key", tls_dir()), 0);
-        ck_assert_int_ge(asprintf(&port, "%d", s->port), 0);
-        char *argv[] = {"/usr/bin/python3",
-                        script,
-                        "--mode",
-                        (char *)mode,
-                        "--port",
-                        port,
-                        "--cert",
-                        cert,
-                        "--key",
-                        key,
-                        "--record",
-                        s->record,
-                        "--scenario",
-                        s->scenario,
-                        client_ca ? "--client-ca" : NULL,
-                        (char *)client_ca,
-                        NULL};
-        tl_spawn(name, argv, &s->proc);
-        if (tl_wait_tcp(s->port, 10000) < 0) {
-                _cleanup_free_ char *log = tl_log(&s->proc);
-                ck_abort_msg("%s server did not start: %s", name, log);
-        }
-}
-
-static void server_stop(struct server *s) {
-        tl_stop(&s->proc);
-        free(s->proc.log);
-        free(s->record);
-        free(s->scenario);
-        free(s->name);
-}
-
-/* The requests recorded so far, as a JSON array. */
-static json_t *server_records(struct server *s) {
-        json_t *all = json_array();
-        _cleanup_free_ char *text = tl_read_file(s->record, NULL);
-        if (!text)
-                return all;
-        for (char *line = text, *nl; *line; line = nl + 1) {
-                nl = strchr(line, '\n');
-                if (!nl)
-                        break;
-                *nl = 0;
-                json_t *r = json_loads(line, 0, NULL);
-                ck_assert_msg(r, "bad record line: %s", line);
-                json_array_append_new(all, r);
-        }
-        return all;
-}
-
-static json_t *wait_records(struct server *s, size_t n, int timeout_ms) {
-        for (int waited = 0;; waited += 50) {
-                json_t *r = server_records(s);
-                if (json_array_size(r) >= n)
-                        return r;
-                if (waited >= timeout_ms)
-                        ck_abort_msg("%s: %zu request(s) recorded, %zu expected", s->name,
-                                     json_array_size(r), n);
-                json_decref(r);
-                sleep_ms(50);
-        }
-}
-
-static const char *rec_header(json_t *rec, const char *name) {
-        return json_string_value(json_object_get(json_object_get(rec, "headers"), name));
-}
-
-static json_t *rec_body(json_t *rec) {
-        json_t *b = json_loads(json_string_value(json_object_get(rec, "body")), 0, NULL);
-        ck_assert_msg(b, "body is not JSON: %s", json_string_value(json_object_get(rec, "body")));
-        return b;
-}
+/* ---- the Python provider servers: test/lib/testlib-h2.h ---- */
 
 /* The records whose body or path contains s. */
 static size_t count_matching(json_t *recs, const char *s) {
@@ -245,7 +139,7 @@ static char *hex_token(unsigned i) {
 }
 
 static void check_apns_jwt(json_t *rec, const char *key_path) {
-        const char *auth = rec_header(rec, "authorization");
+        const char *auth = tl_h2_header(rec, "authorization");
         ck_assert_msg(auth && strncmp(auth, "bearer ", 7) == 0, "authorization: %s", strna(auth));
         json_t *h, *c;
         ck_assert_msg(tl_jwt_verify(auth + 7, key_path, &h, &c), "ES256 signature invalid");
@@ -258,7 +152,7 @@ static void check_apns_jwt(json_t *rec, const char *key_path) {
         json_decref(c);
 }
 
-static char *apns_conf(struct tl_redis *r, struct server *apns, const char *key, const char *more) {
+static char *apns_conf(struct tl_redis *r, struct tl_h2_server *apns, const char *key, const char *more) {
         char *conf;
         ck_assert_int_ge(asprintf(&conf,
                                   "log-level=info\n"
@@ -279,7 +173,7 @@ static char *apns_conf(struct tl_redis *r, struct server *apns, const char *key,
                                   "key-id=" KEY_ID "\n"
                                   "team-id=" TEAM_ID "\n"
                                   "%s",
-                                  tls_dir(), r->port, apns->port, apns->port, key,
+                                  tl_h2_tls_dir(), r->port, apns->port, apns->port, key,
                                   more ? more : ""),
                          0);
         return conf;
@@ -288,8 +182,8 @@ static char *apns_conf(struct tl_redis *r, struct server *apns, const char *key,
 START_TEST(test_pushd_apns_token_auth) {
         struct tl_redis r;
         tl_redis_start(&r, NULL);
-        struct server apns;
-        server_start(&apns, "apns", "apns", NULL, NULL);
+        struct tl_h2_server apns;
+        tl_h2_server_start(&apns, "apns", "apns", NULL, NULL);
         _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
         _cleanup_free_ char *conf = apns_conf(&r, &apns, key, NULL);
         struct tl_daemon d = {0};
@@ -305,25 +199,25 @@ START_TEST(test_pushd_apns_token_auth) {
         free(xadd(&r, jc));
         free(xadd(&r, jm));
         free(xadd(&r, jb));
-        json_t *recs = wait_records(&apns, 3, 10000);
+        json_t *recs = tl_h2_server_wait(&apns, 3, 10000);
         size_t i;
         json_t *rec;
         json_array_foreach(recs, i, rec) {
                 ck_assert_str_eq(json_string_value(json_object_get(rec, "method")), "POST");
                 check_apns_jwt(rec, key);
-                ck_assert_str_eq(rec_header(rec, "content-type"), "application/json");
+                ck_assert_str_eq(tl_h2_header(rec, "content-type"), "application/json");
                 const char *path = json_string_value(json_object_get(rec, "path"));
-                json_t *body = rec_body(rec);
+                json_t *body = tl_h2_body(rec);
                 json_t *aps = json_object_get(body, "aps");
                 ck_assert_str_eq(json_string_value(json_object_get(body, "from-uri")),
                                  "sip:alice@example.org");
                 if (strstr(path, tc)) {
                         ck_assert_str_eq(path, "/3/device/00000000000000000000000000001001");
-                        ck_assert_str_eq(rec_header(rec, "apns-topic"), BUNDLE ".voip");
-                        ck_assert_str_eq(rec_header(rec, "apns-push-type"), "voip");
-                        ck_assert_str_eq(rec_header(rec, "apns-priority"), "10");
-                        ck_assert_str_eq(rec_header(rec, "apns-collapse-id"), "call-1");
-                        long long exp = atoll(rec_header(rec, "apns-expiration"));
+                        ck_assert_str_eq(tl_h2_header(rec, "apns-topic"), BUNDLE ".voip");
+                        ck_assert_str_eq(tl_h2_header(rec, "apns-push-type"), "voip");
+                        ck_assert_str_eq(tl_h2_header(rec, "apns-priority"), "10");
+                        ck_assert_str_eq(tl_h2_header(rec, "apns-collapse-id"), "call-1");
+                        long long exp = atoll(tl_h2_header(rec, "apns-expiration"));
                         ck_assert_int_ge(exp, (long long)before + 30);
                         ck_assert_int_le(exp, (long long)time(NULL) + 31);
                         ck_assert_str_eq(json_string_value(json_object_get(body, "call-id")),
@@ -334,11 +228,11 @@ START_TEST(test_pushd_apns_token_auth) {
                         ck_assert_int_eq(json_object_size(aps), 0);
                 } else if (strstr(path, tm)) {
                         ck_assert_str_eq(path, "/3/device/00000000000000000000000000001002");
-                        ck_assert_str_eq(rec_header(rec, "apns-topic"), BUNDLE);
-                        ck_assert_str_eq(rec_header(rec, "apns-push-type"), "alert");
-                        ck_assert_str_eq(rec_header(rec, "apns-priority"), "10");
-                        ck_assert_str_eq(rec_header(rec, "apns-expiration"), "0");
-                        ck_assert_ptr_null(rec_header(rec, "apns-collapse-id"));
+                        ck_assert_str_eq(tl_h2_header(rec, "apns-topic"), BUNDLE);
+                        ck_assert_str_eq(tl_h2_header(rec, "apns-push-type"), "alert");
+                        ck_assert_str_eq(tl_h2_header(rec, "apns-priority"), "10");
+                        ck_assert_str_eq(tl_h2_header(rec, "apns-expiration"), "0");
+                        ck_assert_ptr_null(tl_h2_header(rec, "apns-collapse-id"));
                         ck_assert_int_eq(
                                 json_integer_value(json_object_get(aps, "mutable-content")), 1);
                         json_t *alert = json_object_get(aps, "alert");
@@ -351,9 +245,9 @@ START_TEST(test_pushd_apns_token_auth) {
                         /* sandbox: the sandbox endpoint (a path prefix on the test server) */
                         ck_assert_str_eq(path,
                                          "/sandbox/3/device/00000000000000000000000000001003");
-                        ck_assert_str_eq(rec_header(rec, "apns-topic"), BUNDLE);
-                        ck_assert_str_eq(rec_header(rec, "apns-push-type"), "background");
-                        ck_assert_str_eq(rec_header(rec, "apns-priority"), "5");
+                        ck_assert_str_eq(tl_h2_header(rec, "apns-topic"), BUNDLE);
+                        ck_assert_str_eq(tl_h2_header(rec, "apns-push-type"), "background");
+                        ck_assert_str_eq(tl_h2_header(rec, "apns-priority"), "5");
                         ck_assert_int_eq(
                                 json_integer_value(json_object_get(aps, "content-available")), 1);
                 }
@@ -373,7 +267,7 @@ START_TEST(test_pushd_apns_token_auth) {
                 j = apns_job("call", t, id, NULL);
                 free(xadd(&r, j));
         }
-        recs = wait_records(&apns, 33, 10000);
+        recs = tl_h2_server_wait(&apns, 33, 10000);
         /* (The server also counts the readiness probe's TCP connection.) */
         json_int_t conn = json_integer_value(json_object_get(json_array_get(recs, 0), "conn"));
         json_array_foreach(recs, i, rec)
@@ -382,13 +276,13 @@ START_TEST(test_pushd_apns_token_auth) {
         wait_counter(&d, "count-pn-sent", 33, 5000);
         ck_assert_int_eq(counter(&d, "count-connections-opened"), 1);
         /* The same provider token is reused while it is young. */
-        recs = server_records(&apns);
-        ck_assert_str_eq(rec_header(json_array_get(recs, 0), "authorization"),
-                         rec_header(json_array_get(recs, 32), "authorization"));
+        recs = tl_h2_server_records(&apns);
+        ck_assert_str_eq(tl_h2_header(json_array_get(recs, 0), "authorization"),
+                         tl_h2_header(json_array_get(recs, 32), "authorization"));
         json_decref(recs);
 
         tl_daemon_done(&d);
-        server_stop(&apns);
+        tl_h2_server_stop(&apns);
         tl_redis_stop(&r);
 }
 END_TEST
@@ -396,8 +290,8 @@ END_TEST
 START_TEST(test_pushd_apns_errors) {
         struct tl_redis r;
         tl_redis_start(&r, NULL);
-        struct server apns;
-        server_start(&apns, "apns", "apns", NULL,
+        struct tl_h2_server apns;
+        tl_h2_server_start(&apns, "apns", "apns", NULL,
                      "{\"tokens\":{"
                      "\"" TOK_DEAD "\":[{\"status\":410,\"reason\":\"Unregistered\"}],"
                      "\"" TOK_BAD "\":[{\"status\":400,\"reason\":\"BadDeviceToken\"}],"
@@ -455,7 +349,7 @@ START_TEST(test_pushd_apns_errors) {
          * dead-letter stream, like the topic error that is not retried. */
         wait_counter(&d, "count-dead-lettered", 2, 10000);
         wait_pending(&r, 0, 5000);
-        json_t *recs = server_records(&apns);
+        json_t *recs = tl_h2_server_records(&apns);
         ck_assert_int_eq(count_matching(recs, TOK_FLAKY), 2);
         ck_assert_int_eq(count_matching(recs, TOK_DOWN), 3);
         ck_assert_int_eq(count_matching(recs, TOK_DEAD), 1);
@@ -476,7 +370,7 @@ START_TEST(test_pushd_apns_errors) {
         ck_assert_int_eq(redis_int(&r, "XLEN " DEAD_LETTER), 2);
 
         tl_daemon_done(&d);
-        server_stop(&apns);
+        tl_h2_server_stop(&apns);
         tl_redis_stop(&r);
 }
 END_TEST
@@ -487,8 +381,8 @@ START_TEST(test_pushd_apns_certificate_auth) {
         /* The client certificate comes from a CA of its own, which the server requires. */
         _cleanup_free_ char *client = tl_tls_dir("client-tls", NULL), *client_ca = NULL;
         ck_assert_int_ge(asprintf(&client_ca, "%s/cafile.pem", client), 0);
-        struct server apns;
-        server_start(&apns, "apns", "apns", client_ca, NULL);
+        struct tl_h2_server apns;
+        tl_h2_server_start(&apns, "apns", "apns", client_ca, NULL);
         _cleanup_free_ char *conf = NULL;
         ck_assert_int_ge(asprintf(&conf,
                                   "[pushd]\n"
@@ -499,41 +393,24 @@ START_TEST(test_pushd_apns_certificate_auth) {
                                   "production-url=https://127.0.0.1:%d\n"
                                   "certificate-file=%s/agent.crt\n"
                                   "certificate-key-file=%s/agent.key\n",
-                                  tls_dir(), r.port, apns.port, client, client),
+                                  tl_h2_tls_dir(), r.port, apns.port, client, client),
                          0);
         struct tl_daemon d = {0};
         tl_daemon_start(&d, "pushd", conf);
         _cleanup_free_ char *t = hex_token(7), *j = apns_job("call", t, "cert-1", NULL);
         free(xadd(&r, j));
-        json_t *recs = wait_records(&apns, 1, 10000);
+        json_t *recs = tl_h2_server_wait(&apns, 1, 10000);
         json_t *rec = json_array_get(recs, 0);
         ck_assert_str_eq(json_string_value(json_object_get(rec, "client-cert")), "127.0.0.1");
-        ck_assert_ptr_null(rec_header(rec, "authorization"));
-        ck_assert_str_eq(rec_header(rec, "apns-topic"), BUNDLE ".voip");
+        ck_assert_ptr_null(tl_h2_header(rec, "authorization"));
+        ck_assert_str_eq(tl_h2_header(rec, "apns-topic"), BUNDLE ".voip");
         json_decref(recs);
         wait_counter(&d, "count-pn-sent", 1, 5000);
         tl_daemon_done(&d);
-        server_stop(&apns);
+        tl_h2_server_stop(&apns);
         tl_redis_stop(&r);
 }
 END_TEST
-
-static char *write_service_account(const char *name, const char *project, int port,
-                                   char **key_path) {
-        _cleanup_free_ char *pem = NULL, *keyname = NULL;
-        ck_assert_int_ge(asprintf(&keyname, "%s.key", name), 0);
-        *key_path = tl_write_rsa_key(keyname, &pem);
-        json_t *sa =
-                json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "type", "service_account", "project_id",
-                          project, "private_key_id", "kid-0123", "private_key", pem, "client_email",
-                          "pushd@test-project.iam.gserviceaccount.com", "token_uri", "");
-        _cleanup_free_ char *uri = NULL;
-        ck_assert_int_ge(asprintf(&uri, "https://127.0.0.1:%d/token", port), 0);
-        json_object_set_new(sa, "token_uri", json_string(uri));
-        _cleanup_free_ char *text = json_dumps(sa, JSON_INDENT(2));
-        json_decref(sa);
-        return tl_write_file(name, text);
-}
 
 static json_t *form_assertion(const char *body, const char *key_path) {
         const char *prefix = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer"
@@ -551,8 +428,8 @@ static json_t *form_assertion(const char *body, const char *key_path) {
 START_TEST(test_pushd_fcm) {
         struct tl_redis r;
         tl_redis_start(&r, NULL);
-        struct server fcm;
-        server_start(&fcm, "fcm", "fcm", NULL,
+        struct tl_h2_server fcm;
+        tl_h2_server_start(&fcm, "fcm", "fcm", NULL,
                      "{\"tokens\":{\"fcm-dead-token\":[{\"status\":404,\"fcm\":\"UNREGISTERED\"}],"
                      "\"fcm-invalid-token\":[{\"status\":400,\"fcm\":\"INVALID_ARGUMENT\"}],"
                      "\"fcm-flaky-token\":[{\"status\":503,\"fcm\":\"UNAVAILABLE\"},"
@@ -560,7 +437,7 @@ START_TEST(test_pushd_fcm) {
                      "\"fcm-quota-token\":[{\"status\":429,\"fcm\":\"QUOTA_EXCEEDED\","
                      "\"headers\":{\"retry-after\":\"1\"}},{\"status\":200}]}}");
         _cleanup_free_ char *key = NULL,
-                            *sa = write_service_account("sa.json", "test-project", fcm.port, &key);
+                            *sa = tl_h2_write_service_account("sa.json", "test-project", fcm.port, &key);
         _cleanup_free_ char *conf = NULL;
         ck_assert_int_ge(asprintf(&conf,
                                   "[pushd]\n"
@@ -572,7 +449,7 @@ START_TEST(test_pushd_fcm) {
                                   "service-account-files=%s\n"
                                   "project-aliases=123456789012=test-project\n"
                                   "url=https://127.0.0.1:%d\n",
-                                  tls_dir(), r.port, sa, fcm.port),
+                                  tl_h2_tls_dir(), r.port, sa, fcm.port),
                          0);
         struct tl_daemon d = {0};
         tl_daemon_start(&d, "pushd", conf);
@@ -582,11 +459,11 @@ START_TEST(test_pushd_fcm) {
                       "\"type\":\"call\",\"from-uri\":\"sip:alice@example.org\",\"call-id\":"
                       "\"fc-1\",\"ttl\":60}"));
         /* The first push waits for the access token; the token request is recorded first. */
-        json_t *recs = wait_records(&fcm, 2, 10000);
+        json_t *recs = tl_h2_server_wait(&fcm, 2, 10000);
         json_t *tokreq = json_array_get(recs, 0);
         ck_assert_str_eq(json_string_value(json_object_get(tokreq, "path")), "/token");
         ck_assert_str_eq(json_string_value(json_object_get(tokreq, "method")), "POST");
-        ck_assert_str_eq(rec_header(tokreq, "content-type"), "application/x-www-form-urlencoded");
+        ck_assert_str_eq(tl_h2_header(tokreq, "content-type"), "application/x-www-form-urlencoded");
         _cleanup_free_ char *aud = NULL;
         ck_assert_int_ge(asprintf(&aud, "https://127.0.0.1:%d/token", fcm.port), 0);
         json_t *claims = form_assertion(json_string_value(json_object_get(tokreq, "body")), key);
@@ -604,9 +481,9 @@ START_TEST(test_pushd_fcm) {
         ck_assert_str_eq(json_string_value(json_object_get(msg, "method")), "POST");
         ck_assert_str_eq(json_string_value(json_object_get(msg, "path")),
                          "/v1/projects/test-project/messages:send");
-        ck_assert_str_eq(rec_header(msg, "authorization"), "Bearer access-1");
-        ck_assert_str_eq(rec_header(msg, "content-type"), "application/json");
-        json_t *body = rec_body(msg), *m = json_object_get(body, "message");
+        ck_assert_str_eq(tl_h2_header(msg, "authorization"), "Bearer access-1");
+        ck_assert_str_eq(tl_h2_header(msg, "content-type"), "application/json");
+        json_t *body = tl_h2_body(msg), *m = json_object_get(body, "message");
         ck_assert_str_eq(json_string_value(json_object_get(m, "token")), "fcm-token-1");
         json_t *android = json_object_get(m, "android");
         ck_assert_str_eq(json_string_value(json_object_get(android, "priority")), "high");
@@ -652,7 +529,7 @@ START_TEST(test_pushd_fcm) {
         redisFree(sub);
         wait_counter(&d, "count-pn-sent", 3, 10000);
         wait_pending(&r, 0, 5000);
-        recs = server_records(&fcm);
+        recs = tl_h2_server_records(&fcm);
         ck_assert_int_eq(count_matching(recs, "fcm-flaky-token"), 2);
         ck_assert_int_eq(count_matching(recs, "fcm-quota-token"), 2);
         double quota_times[2];
@@ -671,7 +548,7 @@ START_TEST(test_pushd_fcm) {
         json_int_t conn = json_integer_value(json_object_get(json_array_get(recs, 0), "conn"));
         json_array_foreach(recs, i, rec) {
                 if (i > 0)
-                        ck_assert_str_eq(rec_header(rec, "authorization"), "Bearer access-1");
+                        ck_assert_str_eq(tl_h2_header(rec, "authorization"), "Bearer access-1");
                 /* The token endpoint and the messages share one connection here (one host). */
                 ck_assert_int_eq(json_integer_value(json_object_get(rec, "conn")), conn);
         }
@@ -684,7 +561,7 @@ START_TEST(test_pushd_fcm) {
                       "dead letters: %s", strna(dl));
 
         tl_daemon_done(&d);
-        server_stop(&fcm);
+        tl_h2_server_stop(&fcm);
         tl_redis_stop(&r);
 }
 END_TEST
@@ -693,16 +570,16 @@ START_TEST(test_pushd_fcm_token_refresh) {
         /* Access tokens living 2 s with 1 s anticipation: a new one is fetched after 1 s. */
         struct tl_redis r;
         tl_redis_start(&r, NULL);
-        struct server fcm;
-        server_start(&fcm, "fcm", "fcm", NULL, "{\"token-lifetime\":2}");
+        struct tl_h2_server fcm;
+        tl_h2_server_start(&fcm, "fcm", "fcm", NULL, "{\"token-lifetime\":2}");
         _cleanup_free_ char *key = NULL,
-                            *sa = write_service_account("sa.json", "p1", fcm.port, &key);
+                            *sa = tl_h2_write_service_account("sa.json", "p1", fcm.port, &key);
         _cleanup_free_ char *conf = NULL;
         ck_assert_int_ge(asprintf(&conf,
                                   "[pushd]\nca-file=%s/cafile.pem\n[redis]\nserver=127.0.0.1:%d\n"
                                   "[fcm]\nservice-account-files=%s\nurl=https://127.0.0.1:%d\n"
                                   "token-anticipation=1s\n",
-                                  tls_dir(), r.port, sa, fcm.port),
+                                  tl_h2_tls_dir(), r.port, sa, fcm.port),
                          0);
         struct tl_daemon d = {0};
         tl_daemon_start(&d, "pushd", conf);
@@ -715,14 +592,14 @@ START_TEST(test_pushd_fcm_token_refresh) {
         sleep_ms(1300);
         free(xadd(&r, job));
         wait_counter(&d, "count-pn-sent", 3, 10000);
-        json_t *recs = server_records(&fcm);
+        json_t *recs = tl_h2_server_records(&fcm);
         ck_assert_int_eq(count_matching(recs, "/token"), 2);
         ck_assert_str_eq(
-                rec_header(json_array_get(recs, json_array_size(recs) - 1), "authorization"),
+                tl_h2_header(json_array_get(recs, json_array_size(recs) - 1), "authorization"),
                 "Bearer access-2");
         json_decref(recs);
         tl_daemon_done(&d);
-        server_stop(&fcm);
+        tl_h2_server_stop(&fcm);
         tl_redis_stop(&r);
 }
 END_TEST
@@ -730,8 +607,8 @@ END_TEST
 START_TEST(test_pushd_generic) {
         struct tl_redis r;
         tl_redis_start(&r, NULL);
-        struct server gen;
-        server_start(&gen, "generic", "generic", NULL,
+        struct tl_h2_server gen;
+        tl_h2_server_start(&gen, "generic", "generic", NULL,
                      "{\"tokens\":{\"gone-token\":[{\"status\":410}]}}");
         for (int post = 0; post < 2; post++) {
                 _cleanup_free_ char *conf = NULL;
@@ -740,14 +617,14 @@ START_TEST(test_pushd_generic) {
                                           "server=127.0.0.1:%d\n[generic]\nmethod=%s\n"
                                           "url=https://127.0.0.1:%d/push?token=$token&type=$type&"
                                           "from=$from-uri&call=$call-id&app=$app-id\n",
-                                          tls_dir(), r.port, post ? "POST" : "GET", gen.port),
+                                          tl_h2_tls_dir(), r.port, post ? "POST" : "GET", gen.port),
                                  0);
                 struct tl_daemon d = {0};
                 tl_daemon_start(&d, "pushd", conf);
                 free(xadd(&r, "{\"provider\":\"generic\",\"token\":\"gen-1\",\"app-id\":\"a.b\","
                               "\"type\":\"call\",\"from-uri\":\"sip:al ice@example.org\","
                               "\"call-id\":\"g1\"}"));
-                json_t *recs = wait_records(&gen, 1 + 2 * (size_t)post, 10000);
+                json_t *recs = tl_h2_server_wait(&gen, 1 + 2 * (size_t)post, 10000);
                 json_t *rec = json_array_get(recs, json_array_size(recs) - 1);
                 ck_assert_str_eq(json_string_value(json_object_get(rec, "method")),
                                  post ? "POST" : "GET");
@@ -755,12 +632,12 @@ START_TEST(test_pushd_generic) {
                                  "/push?token=gen-1&type=call&from=sip%3Aal%20ice%40example.org&"
                                  "call=g1&app=a.b");
                 if (post) {
-                        json_t *b = rec_body(rec);
+                        json_t *b = tl_h2_body(rec);
                         ck_assert_str_eq(json_string_value(json_object_get(b, "call-id")), "g1");
                         ck_assert_str_eq(
                                 json_string_value(json_array_get(json_object_get(b, "tokens"), 0)),
                                 "gen-1");
-                        ck_assert_str_eq(rec_header(rec, "content-type"), "application/json");
+                        ck_assert_str_eq(tl_h2_header(rec, "content-type"), "application/json");
                         json_decref(b);
                 }
                 json_decref(recs);
@@ -773,7 +650,7 @@ START_TEST(test_pushd_generic) {
                 wait_pending(&r, 0, 5000);
                 tl_daemon_done(&d);
         }
-        server_stop(&gen);
+        tl_h2_server_stop(&gen);
         tl_redis_stop(&r);
 }
 END_TEST
@@ -817,8 +694,8 @@ static long http_post(int port, const char *method, const char *path, const char
 }
 
 START_TEST(test_pushd_http_intake) {
-        struct server apns;
-        server_start(&apns, "apns", "apns", NULL, NULL);
+        struct tl_h2_server apns;
+        tl_h2_server_start(&apns, "apns", "apns", NULL, NULL);
         _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
         int port = tl_free_port();
         _cleanup_free_ char *conf = NULL;
@@ -829,7 +706,7 @@ START_TEST(test_pushd_http_intake) {
                                   "max-body-size=4KiB\n"
                                   "[apns]\nproduction-url=https://127.0.0.1:%d\nkey-file=%s\n"
                                   "key-id=" KEY_ID "\nteam-id=" TEAM_ID "\n",
-                                  tls_dir(), port, apns.port, key),
+                                  tl_h2_tls_dir(), port, apns.port, key),
                          0);
         struct tl_daemon d = {0};
         tl_daemon_start(&d, "pushd", conf);
@@ -871,7 +748,7 @@ START_TEST(test_pushd_http_intake) {
         ck_assert_int_eq(http_post(port, "POST", "/v1/push", auth, huge, &a), 413);
         free(a);
         ck_assert_int_eq(counter(&d, "count-http-bad-request"), 2);
-        json_t *recs = server_records(&apns);
+        json_t *recs = tl_h2_server_records(&apns);
         ck_assert_int_eq(json_array_size(recs), 0);
         json_decref(recs);
 
@@ -883,14 +760,14 @@ START_TEST(test_pushd_http_intake) {
         ck_assert_str_eq(json_string_value(json_object_get(ans, "queued")), "memory");
         json_decref(ans);
         free(a);
-        recs = wait_records(&apns, 1, 10000);
-        ck_assert_str_eq(rec_header(json_array_get(recs, 0), "apns-push-type"), "voip");
+        recs = tl_h2_server_wait(&apns, 1, 10000);
+        ck_assert_str_eq(tl_h2_header(json_array_get(recs, 0), "apns-push-type"), "voip");
         json_decref(recs);
         wait_counter(&d, "count-pn-sent", 1, 5000);
         ck_assert_int_eq(counter(&d, "count-jobs-http"), 1);
 
         tl_daemon_done(&d);
-        server_stop(&apns);
+        tl_h2_server_stop(&apns);
 }
 END_TEST
 
@@ -898,8 +775,8 @@ START_TEST(test_pushd_apns_expired_provider_token) {
         /* 403 ExpiredProviderToken: a new provider token is signed and the push retried. */
         struct tl_redis r;
         tl_redis_start(&r, NULL);
-        struct server apns;
-        server_start(&apns, "apns", "apns", NULL,
+        struct tl_h2_server apns;
+        tl_h2_server_start(&apns, "apns", "apns", NULL,
                      "{\"tokens\":{\"" TOK_FLAKY "\":[{\"status\":403,\"reason\":"
                      "\"ExpiredProviderToken\"},{\"status\":200}]}}");
         _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
@@ -908,16 +785,16 @@ START_TEST(test_pushd_apns_expired_provider_token) {
         tl_daemon_start(&d, "pushd", conf);
         _cleanup_free_ char *j = apns_job("call", TOK_FLAKY, "exp-1", NULL);
         free(xadd(&r, j));
-        json_t *recs = wait_records(&apns, 2, 10000);
+        json_t *recs = tl_h2_server_wait(&apns, 2, 10000);
         check_apns_jwt(json_array_get(recs, 0), key);
         check_apns_jwt(json_array_get(recs, 1), key);
-        ck_assert_str_ne(rec_header(json_array_get(recs, 0), "authorization"),
-                         rec_header(json_array_get(recs, 1), "authorization"));
+        ck_assert_str_ne(tl_h2_header(json_array_get(recs, 0), "authorization"),
+                         tl_h2_header(json_array_get(recs, 1), "authorization"));
         json_decref(recs);
         wait_counter(&d, "count-pn-sent", 1, 5000);
         ck_assert_int_eq(counter(&d, "count-pn-retried"), 1);
         tl_daemon_done(&d);
-        server_stop(&apns);
+        tl_h2_server_stop(&apns);
         tl_redis_stop(&r);
 }
 END_TEST
@@ -927,8 +804,8 @@ START_TEST(test_pushd_timeout_retried) {
          * first try is ignored). */
         struct tl_redis r;
         tl_redis_start(&r, NULL);
-        struct server apns;
-        server_start(&apns, "apns", "apns", NULL,
+        struct tl_h2_server apns;
+        tl_h2_server_start(&apns, "apns", "apns", NULL,
                      "{\"tokens\":{\"" TOK_FLAKY "\":[{\"status\":200,\"delay\":3},"
                      "{\"status\":200}]}}");
         _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
@@ -943,14 +820,14 @@ START_TEST(test_pushd_timeout_retried) {
         tl_daemon_start(&d, "pushd", conf);
         _cleanup_free_ char *j = apns_job("call", TOK_FLAKY, "slow-1", NULL);
         free(xadd(&r, j));
-        json_decref(wait_records(&apns, 2, 10000));
+        json_decref(tl_h2_server_wait(&apns, 2, 10000));
         wait_counter(&d, "count-pn-sent", 1, 5000);
         wait_pending(&r, 0, 5000);
         ck_assert_int_eq(counter(&d, "count-pn-retried"), 1);
         ck_assert_int_eq(counter(&d, "count-pn-failed"), 0);
         unlink(dropin);
         tl_daemon_done(&d);
-        server_stop(&apns);
+        tl_h2_server_stop(&apns);
         tl_redis_stop(&r);
 }
 END_TEST
@@ -959,15 +836,15 @@ START_TEST(test_pushd_sigterm_drains) {
         /* SIGTERM with a push in flight: pushd waits for the answer, acknowledges, exits 0. */
         struct tl_redis r;
         tl_redis_start(&r, NULL);
-        struct server apns;
-        server_start(&apns, "apns", "apns", NULL, "{\"default\":{\"status\":200,\"delay\":1}}");
+        struct tl_h2_server apns;
+        tl_h2_server_start(&apns, "apns", "apns", NULL, "{\"default\":{\"status\":200,\"delay\":1}}");
         _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
         _cleanup_free_ char *conf = apns_conf(&r, &apns, key, NULL);
         struct tl_daemon d = {0};
         tl_daemon_start(&d, "pushd", conf);
         _cleanup_free_ char *t = hex_token(500), *j = apns_job("call", t, "drain-1", NULL);
         free(xadd(&r, j));
-        json_decref(wait_records(&apns, 1, 10000));
+        json_decref(tl_h2_server_wait(&apns, 1, 10000));
         ck_assert_int_eq(pending(&r), 1);
         tl_daemon_stop(&d); /* fails unless the exit status is 0 */
         ck_assert_int_eq(pending(&r), 0);
@@ -975,7 +852,7 @@ START_TEST(test_pushd_sigterm_drains) {
         _cleanup_free_ char *log = tl_log(&d.proc);
         ck_assert_msg(strstr(log, "Drained, exiting."), "%s", log);
         tl_daemon_done(&d);
-        server_stop(&apns);
+        tl_h2_server_stop(&apns);
         tl_redis_stop(&r);
 }
 END_TEST
@@ -984,8 +861,8 @@ START_TEST(test_pushd_bounded_queue) {
         /* max-jobs=2: the stream is read no further while two jobs are held, HTTP answers 503. */
         struct tl_redis r;
         tl_redis_start(&r, NULL);
-        struct server apns;
-        server_start(&apns, "apns", "apns", NULL, "{\"default\":{\"status\":200,\"delay\":1.5}}");
+        struct tl_h2_server apns;
+        tl_h2_server_start(&apns, "apns", "apns", NULL, "{\"default\":{\"status\":200,\"delay\":1.5}}");
         _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
         int port = tl_free_port();
         _cleanup_free_ char *more = NULL;
@@ -1009,9 +886,9 @@ START_TEST(test_pushd_bounded_queue) {
                 j = apns_job("call", t, id, NULL);
                 free(xadd(&r, j));
         }
-        json_decref(wait_records(&apns, 2, 10000));
+        json_decref(tl_h2_server_wait(&apns, 2, 10000));
         sleep_ms(300);
-        json_t *recs = server_records(&apns);
+        json_t *recs = tl_h2_server_records(&apns);
         ck_assert_int_eq(json_array_size(recs), 2);
         json_decref(recs);
         ck_assert_int_eq(redis_int(&r, "XLEN " STREAM), 4);
@@ -1023,12 +900,12 @@ START_TEST(test_pushd_bounded_queue) {
         free(a);
         ck_assert_int_eq(counter(&d, "count-http-full"), 1);
         /* Then all four go through, two at a time. */
-        json_decref(wait_records(&apns, 4, 10000));
+        json_decref(tl_h2_server_wait(&apns, 4, 10000));
         wait_pending(&r, 0, 10000);
         wait_counter(&d, "count-pn-sent", 4, 5000);
         unlink(dropin);
         tl_daemon_done(&d);
-        server_stop(&apns);
+        tl_h2_server_stop(&apns);
         tl_redis_stop(&r);
 }
 END_TEST
@@ -1037,8 +914,8 @@ START_TEST(test_pushd_http_intake_to_stream) {
         /* With Redis, an HTTP job is added to the stream (durable, shared) before the 202. */
         struct tl_redis r;
         tl_redis_start(&r, NULL);
-        struct server apns;
-        server_start(&apns, "apns", "apns", NULL, NULL);
+        struct tl_h2_server apns;
+        tl_h2_server_start(&apns, "apns", "apns", NULL, NULL);
         _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
         int port = tl_free_port();
         _cleanup_free_ char *more = NULL;
@@ -1067,7 +944,7 @@ START_TEST(test_pushd_http_intake_to_stream) {
         ck_assert_str_eq(json_string_value(json_object_get(ans, "queued")), "stream");
         ck_assert_ptr_nonnull(strchr(json_string_value(json_object_get(ans, "stream-id")), '-'));
         json_decref(ans);
-        json_t *recs = wait_records(&apns, 2, 10000);
+        json_t *recs = tl_h2_server_wait(&apns, 2, 10000);
         ck_assert_int_eq(count_matching(recs, "via-http"), 1);
         json_decref(recs);
         wait_counter(&d, "count-pn-sent", 2, 5000);
@@ -1076,7 +953,7 @@ START_TEST(test_pushd_http_intake_to_stream) {
         ck_assert_int_eq(counter(&d, "count-jobs-stream"), 2);
         ck_assert_int_eq(redis_int(&r, "XLEN " STREAM), 0);
         tl_daemon_done(&d);
-        server_stop(&apns);
+        tl_h2_server_stop(&apns);
         tl_redis_stop(&r);
 }
 END_TEST
@@ -1086,8 +963,8 @@ END_TEST
 START_TEST(test_pushd_killed_and_restarted) {
         struct tl_redis r;
         tl_redis_start(&r, NULL);
-        struct server apns;
-        server_start(&apns, "apns", "apns", NULL, NULL);
+        struct tl_h2_server apns;
+        tl_h2_server_start(&apns, "apns", "apns", NULL, NULL);
         _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
         _cleanup_free_ char *conf = apns_conf(&r, &apns, key, NULL);
         struct tl_daemon d = {0};
@@ -1100,18 +977,18 @@ START_TEST(test_pushd_killed_and_restarted) {
                 j = apns_job("call", t, id, NULL);
                 free(xadd(&r, j));
         }
-        json_decref(wait_records(&apns, 5, 10000));
+        json_decref(tl_h2_server_wait(&apns, 5, 10000));
         wait_pending(&r, 0, 5000);
 
         /* Five more the server holds for a minute; pushd is killed meanwhile. */
-        server_scenario(&apns, "{\"default\":{\"status\":200,\"delay\":60}}");
+        tl_h2_server_scenario(&apns, "{\"default\":{\"status\":200,\"delay\":60}}");
         for (unsigned k = 0; k < 5; k++) {
                 _cleanup_free_ char *t = hex_token(300 + k), *id = NULL, *j = NULL;
                 ck_assert_int_ge(asprintf(&id, "inflight-%u", k), 0);
                 j = apns_job("call", t, id, NULL);
                 free(xadd(&r, j));
         }
-        json_decref(wait_records(&apns, 10, 10000));
+        json_decref(tl_h2_server_wait(&apns, 10, 10000));
         ck_assert_int_eq(pending(&r), 5);
         tl_kill(&d.proc, SIGKILL);
         int status = tl_wait(&d.proc, 5000);
@@ -1120,13 +997,13 @@ START_TEST(test_pushd_killed_and_restarted) {
 
         /* Restarted with the same consumer name: the five are sent again, the acknowledged
          * ones are not. */
-        server_scenario(&apns, "{}");
+        tl_h2_server_scenario(&apns, "{}");
         tl_daemon_start(&d, "pushd", conf);
-        json_t *recs = wait_records(&apns, 15, 10000);
+        json_t *recs = tl_h2_server_wait(&apns, 15, 10000);
         wait_pending(&r, 0, 5000);
         sleep_ms(300);
         json_decref(recs);
-        recs = server_records(&apns);
+        recs = tl_h2_server_records(&apns);
         ck_assert_int_eq(json_array_size(recs), 15);
         for (unsigned k = 0; k < 5; k++) {
                 char id[32];
@@ -1140,7 +1017,7 @@ START_TEST(test_pushd_killed_and_restarted) {
         ck_assert_int_eq(counter(&d, "count-pn-sent"), 5);
 
         tl_daemon_done(&d);
-        server_stop(&apns);
+        tl_h2_server_stop(&apns);
         tl_redis_stop(&r);
 }
 END_TEST
@@ -1150,8 +1027,8 @@ START_TEST(test_pushd_max_deliveries) {
          * the third hand-out dead-letters it instead of sending it. */
         struct tl_redis r;
         tl_redis_start(&r, NULL);
-        struct server apns;
-        server_start(&apns, "apns", "apns", NULL, NULL);
+        struct tl_h2_server apns;
+        tl_h2_server_start(&apns, "apns", "apns", NULL, NULL);
         _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
         _cleanup_free_ char *more = strdup("[redis]\nmax-deliveries=2\n");
         _cleanup_free_ char *conf = apns_conf(&r, &apns, key, NULL);
@@ -1180,13 +1057,13 @@ START_TEST(test_pushd_max_deliveries) {
         wait_pending(&r, 0, 5000);
         _cleanup_free_ char *dl = tl_redis_cmd(&r, "XRANGE " DEAD_LETTER " - +");
         ck_assert_msg(dl && strstr(dl, "handed out 3 times") && strstr(dl, id), "%s", strna(dl));
-        json_t *recs = server_records(&apns);
+        json_t *recs = tl_h2_server_records(&apns);
         ck_assert_int_eq(json_array_size(recs), 0);
         json_decref(recs);
         ck_assert_int_eq(redis_int(&r, "XLEN " STREAM), 0);
         unlink(dropin);
         tl_daemon_done(&d);
-        server_stop(&apns);
+        tl_h2_server_stop(&apns);
         tl_redis_stop(&r);
 }
 END_TEST
@@ -1195,8 +1072,8 @@ START_TEST(test_pushd_redis_reconnect) {
         /* Redis drops every client: pushd reconnects both links and goes on reading. */
         struct tl_redis r;
         tl_redis_start(&r, NULL);
-        struct server apns;
-        server_start(&apns, "apns", "apns", NULL, NULL);
+        struct tl_h2_server apns;
+        tl_h2_server_start(&apns, "apns", "apns", NULL, NULL);
         _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
         _cleanup_free_ char *conf = apns_conf(&r, &apns, key, NULL);
         struct tl_daemon d = {0};
@@ -1210,7 +1087,7 @@ START_TEST(test_pushd_redis_reconnect) {
                 ck_assert_msg(killed && atoi(killed) >= 2, "killed: %s", strna(killed));
         }
         tl_daemon_done(&d);
-        server_stop(&apns);
+        tl_h2_server_stop(&apns);
         tl_redis_stop(&r);
 }
 END_TEST
@@ -1219,8 +1096,8 @@ START_TEST(test_pushd_other_instance_takes_over) {
         /* Instance a dies with jobs; instance b (another consumer) claims them once idle. */
         struct tl_redis r;
         tl_redis_start(&r, NULL);
-        struct server apns;
-        server_start(&apns, "apns", "apns", NULL, "{\"default\":{\"status\":200,\"delay\":60}}");
+        struct tl_h2_server apns;
+        tl_h2_server_start(&apns, "apns", "apns", NULL, "{\"default\":{\"status\":200,\"delay\":60}}");
         _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
         _cleanup_free_ char *conf_a = apns_conf(&r, &apns, key, NULL);
         struct tl_daemon a = {0};
@@ -1231,10 +1108,10 @@ START_TEST(test_pushd_other_instance_takes_over) {
                 j = apns_job("call", t, id, NULL);
                 free(xadd(&r, j));
         }
-        json_decref(wait_records(&apns, 3, 10000));
+        json_decref(tl_h2_server_wait(&apns, 3, 10000));
         tl_kill(&a.proc, SIGKILL);
         tl_wait(&a.proc, 5000);
-        server_scenario(&apns, "{}");
+        tl_h2_server_scenario(&apns, "{}");
 
         _cleanup_free_ char *conf_b = NULL;
         ck_assert_int_ge(
@@ -1244,11 +1121,11 @@ START_TEST(test_pushd_other_instance_takes_over) {
                          "server=127.0.0.1:%d\nconsumer=pushd-b\nclaim-idle-time=1s\n"
                          "claim-interval=300ms\n[apns]\nproduction-url=https://127.0.0.1:%d\n"
                          "key-file=%s\nkey-id=" KEY_ID "\nteam-id=" TEAM_ID "\n",
-                         tls_dir(), r.port, apns.port, key),
+                         tl_h2_tls_dir(), r.port, apns.port, key),
                 0);
         struct tl_daemon b = {0};
         tl_daemon_start(&b, "pushd", conf_b);
-        json_t *recs = wait_records(&apns, 6, 10000);
+        json_t *recs = tl_h2_server_wait(&apns, 6, 10000);
         json_decref(recs);
         wait_pending(&r, 0, 5000);
         ck_assert_int_eq(counter(&b, "count-jobs-reclaimed"), 3);
@@ -1258,7 +1135,7 @@ START_TEST(test_pushd_other_instance_takes_over) {
         free(a.conf);
         free(a.sock);
         free(a.role);
-        server_stop(&apns);
+        tl_h2_server_stop(&apns);
         tl_redis_stop(&r);
 }
 END_TEST

@@ -6,6 +6,7 @@
 
 #include "macro.h"
 #include "testlib-h2.h"
+#include "testlib-jwt.h"
 
 const char *tl_h2_tls_dir(void) {
         static char *dir;
@@ -93,4 +94,20 @@ json_t *tl_h2_body(json_t *rec) {
         json_t *j = body ? json_loads(body, 0, NULL) : NULL;
         ck_assert_msg(j, "request body is not JSON: %s", body ? body : "(none)");
         return j;
+}
+
+char *tl_h2_write_service_account(const char *name, const char *project, int port,
+                                  char **key_path) {
+        _cleanup_free_ char *pem = NULL, *keyname = NULL, *uri = NULL;
+        ck_assert_int_ge(asprintf(&keyname, "%s.key", name), 0);
+        *key_path = tl_write_rsa_key(keyname, &pem);
+        ck_assert_int_ge(asprintf(&uri, "https://127.0.0.1:%d/token", port), 0);
+        json_t *sa = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "type", "service_account",
+                               "project_id", project, "private_key_id", "kid-0123", "private_key",
+                               pem, "client_email", "pushd@test-project.iam.gserviceaccount.com",
+                               "token_uri", uri);
+        ck_assert_ptr_nonnull(sa);
+        _cleanup_free_ char *text = json_dumps(sa, JSON_INDENT(2));
+        json_decref(sa);
+        return tl_write_file(name, text);
 }

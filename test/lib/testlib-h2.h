@@ -34,3 +34,7 @@ json_t *tl_h2_server_wait(struct tl_h2_server *s, size_t n, int timeout_ms);
 /* A recorded request's header (lowercase name) and its body parsed as JSON (caller decref). */
 const char *tl_h2_header(json_t *rec, const char *name);
 json_t *tl_h2_body(json_t *rec);
+/* A Google service-account JSON file (tmpdir/name) for project, with a fresh RSA key (its path
+ * in *key_path, malloc'd) and token_uri https://127.0.0.1:<port>/token. Returns its path. */
+char *tl_h2_write_service_account(const char *name, const char *project, int port,
+                                  char **key_path);
