@@ -21,20 +21,24 @@ static struct tl_daemon server;
 static int server_port;
 static char server_uri[64];
 
-static void start(const char *extra) {
+static void start_at(const char *host, const char *extra) {
         server_port = tl_free_port();
         _cleanup_free_ char *conf = NULL;
         ck_assert_int_ge(asprintf(&conf,
                                   "log-level=debug\n"
-                                  "transports=sip:127.0.0.1:%d\n"
+                                  "transports=sip:%s:%d\n"
                                   "[presence]\n"
                                   "min-expires=2s\n"
                                   "subscription-min-expires=1s\n"
                                   "%s",
-                                  server_port, extra ? extra : ""),
+                                  host, server_port, extra ? extra : ""),
                          0);
         tl_daemon_start(&server, "presence", conf);
-        snprintf(server_uri, sizeof server_uri, "sip:127.0.0.1:%d;transport=tcp", server_port);
+        snprintf(server_uri, sizeof server_uri, "sip:%s:%d;transport=tcp", host, server_port);
+}
+
+static void start(const char *extra) {
+        start_at("127.0.0.1", extra);
 }
 
 static void stop(void) {
@@ -639,6 +643,79 @@ START_TEST(test_presence_shipped_config) {
 }
 END_TEST
 
+/* The proxy's [module::Presence] sends PUBLISH and SUBSCRIBE to the presence server; the
+ * NOTIFYs come back to the subscriber through the proxy, on the dialog's route set. The
+ * presence server listens on 127.0.0.2, a host of its own: what comes from there is its. */
+START_TEST(test_presence_through_proxy) {
+        start_at("127.0.0.2", NULL);
+        struct tl_proxy px = {0};
+        _cleanup_free_ char *extra = NULL, *via_proxy = NULL;
+        ck_assert_int_ge(asprintf(&extra,
+                                  "log-level=debug\n"
+                                  "[module::Registrar]\ndb-implementation=internal\n"
+                                  "reg-domains=example.org\n"
+                                  "[module::Presence]\nenabled=true\n"
+                                  "presence-server=sip:127.0.0.2:%d;transport=tcp\n",
+                                  server_port),
+                         0);
+        tl_proxy_start(&px, extra);
+        ck_assert_int_ge(asprintf(&via_proxy, "sip:127.0.0.1:%d", px.port), 0);
+        struct tl_ua *alice = tl_ua_new(), *bob = tl_ua_new();
+        tl_ua_set_proxy(alice, via_proxy);
+        tl_ua_set_proxy(bob, via_proxy);
+        char state[128];
+        _cleanup_free_ char *e1 = NULL;
+        _cleanup_free_ char *b1 = pidf("alice", "1", "open", "1", "away");
+        ck_assert_int_eq(publish(alice, "alice", NULL, "600", b1, &e1), 200);
+        ck_assert_ptr_nonnull(e1);
+
+        struct tl_dialog *d = subscribe(bob, "bob", "alice", "60", 200);
+        msg_t *m = NULL;
+        _cleanup_free_ char *n1 = next_notify(bob, state, sizeof state, &m);
+        ck_assert_ptr_nonnull(strstr(n1, "<rpid:away/>"));
+        /* Relayed by the proxy: its Via on top of the presence server's. */
+        sip_t *sip = sip_object(m);
+        ck_assert_ptr_nonnull(sip->sip_via->v_next);
+        ck_assert_int_eq(atoi(sip->sip_via->v_port), px.port);
+        ck_assert_int_eq(atoi(sip->sip_via->v_next->v_port), server_port);
+        msg_destroy(m);
+
+        _cleanup_free_ char *b2 = pidf("alice", "1", "open", "1", "on-the-phone");
+        ck_assert_int_eq(publish(alice, "alice", e1, "600", b2, NULL), 200);
+        _cleanup_free_ char *n2 = next_notify(bob, state, sizeof state, NULL);
+        ck_assert_ptr_nonnull(strstr(n2, "<rpid:on-the-phone/>"));
+
+        /* Refresh and un-SUBSCRIBE follow the route set through the proxy. */
+        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 60",
+                                    NULL, NULL),
+                         200);
+        _cleanup_free_ char *n3 = next_notify(bob, state, sizeof state, NULL);
+        ck_assert_msg(strncmp(state, "active", 6) == 0, "%s", state);
+        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 0", NULL,
+                                    NULL),
+                         200);
+        _cleanup_free_ char *n4 = next_notify(bob, state, sizeof state, NULL);
+        ck_assert_str_eq(state, "terminated");
+        tl_dialog_free(d);
+
+        /* A SUBSCRIBE from the presence server's host is not sent back to it: the Router
+         * answers for the (unregistered) user. */
+        struct tl_ua *server_side = tl_ua_new_at("127.0.0.2");
+        tl_ua_set_proxy(server_side, via_proxy);
+        struct tl_dialog *loop = subscribe(server_side, "presence", "alice", "60", 404);
+        tl_dialog_free(loop);
+        tl_ua_free(server_side);
+
+        ck_assert_int_eq(tl_counter(px.sock, "module::Presence/count-routed"), 3);
+        ck_assert_int_eq(counter("count-subscribe"), 3);
+        ck_assert_int_eq(counter("count-publish"), 2);
+        tl_ua_free(alice);
+        tl_ua_free(bob);
+        tl_proxy_done(&px);
+        stop();
+}
+END_TEST
+
 static Suite *suite(void) {
         Suite *s = suite_create("presence");
         TCase *tc = tcase_create("publish");
@@ -653,6 +730,7 @@ static Suite *suite(void) {
         tcase_add_test(tc, test_presence_subscribe_notify);
         tcase_add_test(tc, test_presence_subscription_expiry_and_failure);
         tcase_add_test(tc, test_presence_list_subscription_200_contacts);
+        tcase_add_test(tc, test_presence_through_proxy);
         suite_add_tcase(s, tc);
         return s;
 }

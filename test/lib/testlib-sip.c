@@ -70,10 +70,16 @@ static int on_message(struct tl_ua *ua, nta_agent_t *agent, msg_t *msg, sip_t *s
 }
 
 struct tl_ua *tl_ua_new(void) {
+        return tl_ua_new_at("127.0.0.1");
+}
+
+struct tl_ua *tl_ua_new_at(const char *host) {
         struct tl_ua *ua = calloc(1, sizeof *ua);
         ck_assert_ptr_nonnull(ua);
         ua->reply = 200;
-        ua->agent = nta_agent_create(shared_root(), URL_STRING_MAKE("sip:127.0.0.1:*"), on_message,
+        char bind[64];
+        snprintf(bind, sizeof bind, "sip:%s:*", host);
+        ua->agent = nta_agent_create(shared_root(), URL_STRING_MAKE(bind), on_message,
                                      ua, NTATAG_UA(1), NTATAG_SIP_T1X64(4000), TAG_END());
         ck_assert_msg(ua->agent != NULL, "test UA cannot bind");
         ua->default_leg = nta_leg_tcreate(ua->agent, on_request, ua, NTATAG_NO_DIALOG(1),

@@ -16,6 +16,8 @@ struct tl_dialog;
 
 /* An agent on 127.0.0.1 (UDP and TCP, a free port); fails the test when it cannot bind. */
 struct tl_ua *tl_ua_new(void);
+/* The same on another loopback address ("127.0.0.2"). */
+struct tl_ua *tl_ua_new_at(const char *host);
 void tl_ua_free(struct tl_ua *ua);
 int tl_ua_port(struct tl_ua *ua);
 /* Out-of-dialog requests go to this URI (an outbound proxy, "sip:127.0.0.1:5060;transport=tcp")
