@@ -160,6 +160,7 @@ void presentity_maybe_free(struct presentity *pr) {
 static void retention_done(struct loop_timer *t, void *userdata) {
         struct presentity *pr = userdata;
         pr->last_activity = 0;
+        pr->known = false; /* so that presentity_changed() does not start another period */
         presentity_changed(pr);
         presentity_maybe_free(pr);
 }

@@ -121,7 +121,8 @@ struct subscription {
         bool full_sent;      /* the full state went out */
         bool dirty;          /* something changed since the last NOTIFY */
         const char *end_reason; /* set: the next NOTIFY is the final one */
-        bool ended;             /* final NOTIFY sent (or failed): waiting for the reaper */
+        bool ended;             /* final NOTIFY sent (or failed) */
+        bool dead;              /* on the dead list, waiting for the reaper */
 };
 
 extern const struct daemon_hooks presence_hooks;

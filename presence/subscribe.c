@@ -77,11 +77,9 @@ static void destroy(struct subscription *sub) {
  * (we may be inside one of its sofia callbacks). */
 static void kill_subscription(struct subscription *sub) {
         struct presence *p = sub->presence;
-        if (sub->ended && !sub->prev && !sub->next && p->subscriptions != sub) {
-                /* Already on the dead list. */
+        if (sub->dead)
                 return;
-        }
-        sub->ended = true;
+        sub->dead = sub->ended = true;
         loop_timer_disarm(sub->timer);
         unlink_live(sub);
         sub->next = p->dead;
@@ -193,7 +191,9 @@ static char *list_body(struct subscription *sub, bool full, size_t max_bytes) {
         for (size_t i = 0; i < sub->n_resources; i++) {
                 struct resource *res = &sub->resources[i];
                 struct presentity *pr = res->presentity;
-                bool want = pr && pr->known && (full || res->changed);
+                /* Full state: the state of every resource known to us (a user of the
+                 * service); partial: of every resource that changed, even to unknown. */
+                bool want = pr && (full ? pr->known : res->changed);
                 bool fits = want && n < (size_t)p->config.notify_limit &&
                             (n == 0 || parts_len + pr->pidf_len < max_bytes);
                 if (!full && !fits) {

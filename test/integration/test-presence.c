@@ -6,6 +6,7 @@
  * address book of 200 contacts and notify-limit; XXE and oversized bodies; limits; control
  * commands; the shipped configuration. */
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -399,14 +400,18 @@ START_TEST(test_presence_subscription_expiry_and_failure) {
         _cleanup_free_ char *n3 = next_notify(bob, state, sizeof state, NULL);
         tl_dialog_free(x);
 
-        /* A subscriber whose NOTIFY fails (481) loses its subscription. */
-        tl_ua_set_reply(carol, 481);
-        d = subscribe(carol, "carol", "alice", "60", 200);
-        _cleanup_free_ char *n4 = next_notify(carol, state, sizeof state, NULL);
-        tl_sip_run(200);
-        ck_assert_int_eq(counter("count-notify-failed"), 1);
-        ck_assert_int_eq(n_subscriptions(), 1); /* bob's long one */
-        tl_dialog_free(d);
+        /* A subscriber whose NOTIFY fails (481, 500; a 408 from Timer F takes the same path)
+         * loses its subscription. */
+        static const int failures[] = {481, 500};
+        for (size_t i = 0; i < ELEMENTSOF(failures); i++) {
+                tl_ua_set_reply(carol, failures[i]);
+                d = subscribe(carol, "carol", "alice", "60", 200);
+                _cleanup_free_ char *n4 = next_notify(carol, state, sizeof state, NULL);
+                tl_sip_run(200);
+                ck_assert_int_eq(counter("count-notify-failed"), (long long)i + 1);
+                ck_assert_int_eq(n_subscriptions(), 1); /* bob's long one */
+                tl_dialog_free(d);
+        }
 
         /* max-subscriptions=2 */
         tl_ua_set_reply(carol, 200);
@@ -624,6 +629,73 @@ START_TEST(test_presence_limits) {
 }
 END_TEST
 
+/* With last-activity-retention-time=1s: the state goes from published to the last activity
+ * to nothing; the presentity is forgotten once nobody watches it. */
+START_TEST(test_presence_last_activity_retention) {
+        start("last-activity-retention-time=1s\n");
+        struct tl_ua *ua = new_ua(), *bob = new_ua();
+        char state[128];
+        _cleanup_free_ char *c = pidf("carol", "1", "open", "1", "busy");
+        ck_assert_int_eq(publish(ua, "carol", NULL, "2", c, NULL), 200);
+        struct tl_dialog *d = subscribe(bob, "bob", "carol", "60", 200);
+        _cleanup_free_ char *n1 = next_notify(bob, state, sizeof state, NULL);
+        ck_assert_ptr_nonnull(strstr(n1, "<rpid:busy/>"));
+        _cleanup_free_ char *n2 = next_notify(bob, state, sizeof state, NULL);
+        ck_assert_ptr_nonnull(strstr(n2, "<rpid:away/>"));
+        ck_assert_ptr_nonnull(strstr(n2, "<dm:timestamp>"));
+        _cleanup_free_ char *n3 = next_notify(bob, state, sizeof state, NULL);
+        ck_assert_ptr_null(strstr(n3, "<tuple"));
+        ck_assert_ptr_null(strstr(n3, "person"));
+        no_request(bob, 1500); /* and no further period starts */
+        ck_assert_int_eq(counter("presentities"), 1);
+        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 0", NULL,
+                                    NULL),
+                         200);
+        _cleanup_free_ char *n4 = next_notify(bob, state, sizeof state, NULL);
+        tl_sip_run(100);
+        ck_assert_int_eq(counter("presentities"), 0);
+        tl_dialog_free(d);
+        tl_ua_free(ua);
+        tl_ua_free(bob);
+        stop();
+}
+END_TEST
+
+/* SIGTERM: every subscriber gets a final NOTIFY (reason=deactivated) and the server exits 0. */
+START_TEST(test_presence_shutdown_notifies) {
+        start(NULL);
+        struct tl_ua *bob = new_ua();
+        char state[128];
+        struct tl_dialog *d = subscribe(bob, "bob", "alice", "600", 200);
+        _cleanup_free_ char *n1 = next_notify(bob, state, sizeof state, NULL);
+        tl_kill(&server.proc, SIGTERM);
+        _cleanup_free_ char *n2 = next_notify(bob, state, sizeof state, NULL);
+        ck_assert_str_eq(state, "terminated;reason=deactivated");
+        tl_sip_run(200);
+        int st = tl_wait(&server.proc, 5000);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d", st);
+        tl_dialog_free(d);
+        tl_ua_free(bob);
+        stop();
+}
+END_TEST
+
+/* TLS is the proxy's job: a sips: transport is refused with a clear line. */
+START_TEST(test_presence_refuses_tls_transport) {
+        _cleanup_free_ char *bin = tl_build_path("presence/sipfleet-presence");
+        _cleanup_free_ char *conf = tl_write_file(
+                "tls.conf", "[global]\ntransports=sips:127.0.0.1:5061\ncontrol-socket=/nonexistent/x\n");
+        char *argv[] = {bin, "--config", conf, NULL};
+        struct tl_proc p;
+        ck_assert_int_eq(tl_spawn("presence-tls", argv, &p), 0);
+        int st = tl_wait(&p, 10000);
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+        _cleanup_free_ char *log = tl_log(&p);
+        ck_assert_msg(strstr(log, "Cannot listen on 'sips:127.0.0.1:5061'"), "%s", log);
+        free(p.log);
+}
+END_TEST
+
 START_TEST(test_presence_shipped_config) {
         _cleanup_free_ char *bin = tl_build_path("presence/sipfleet-presence");
         char *argv[] = {bin, "--dump-default", NULL};
@@ -724,6 +796,9 @@ static Suite *suite(void) {
         tcase_add_test(tc, test_presence_fetch_merge_and_last_activity);
         tcase_add_test(tc, test_presence_limits);
         tcase_add_test(tc, test_presence_shipped_config);
+        tcase_add_test(tc, test_presence_refuses_tls_transport);
+        tcase_add_test(tc, test_presence_last_activity_retention);
+        tcase_add_test(tc, test_presence_shutdown_notifies);
         suite_add_tcase(s, tc);
         tc = tcase_create("subscribe");
         tcase_set_timeout(tc, 60);
