@@ -15,11 +15,11 @@
 
 #include <libxml/tree.h>
 
-#define PIDF_NS "urn:ietf:params:xml:ns:pidf"
-#define DM_NS "urn:ietf:params:xml:ns:pidf:data-model"
-#define RPID_NS "urn:ietf:params:xml:ns:pidf:rpid"
+#define PIDF_NS           "urn:ietf:params:xml:ns:pidf"
+#define DM_NS             "urn:ietf:params:xml:ns:pidf:data-model"
+#define RPID_NS           "urn:ietf:params:xml:ns:pidf:rpid"
 #define RESOURCE_LISTS_NS "urn:ietf:params:xml:ns:resource-lists"
-#define RLMI_NS "urn:ietf:params:xml:ns:rlmi"
+#define RLMI_NS           "urn:ietf:params:xml:ns:rlmi"
 
 /* Deepest element nesting accepted in any document we parse. */
 #define XML_MAX_DEPTH 32

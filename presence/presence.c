@@ -39,22 +39,21 @@ static const struct conf_option presence_rows[] = {
          .unit = CONF_UNIT_S},
         {"presence", "max-expires", CONF_DURATION, C(publish_max_expires_ms), "3600s", 0, 0, 0,
          "Longest publication lifetime: longer requests are cut to this", .unit = CONF_UNIT_S},
-        {"presence", "subscription-expires", CONF_DURATION, C(subscribe_expires_ms), "600s", 0,
-         0, 0, "Lifetime of a subscription whose SUBSCRIBE has no Expires", .unit = CONF_UNIT_S},
-        {"presence", "subscription-min-expires", CONF_DURATION, C(subscribe_min_expires_ms),
-         "60s", 0, 0, 0,
+        {"presence", "subscription-expires", CONF_DURATION, C(subscribe_expires_ms), "600s", 0, 0,
+         0, "Lifetime of a subscription whose SUBSCRIBE has no Expires", .unit = CONF_UNIT_S},
+        {"presence", "subscription-min-expires", CONF_DURATION, C(subscribe_min_expires_ms), "60s",
+         0, 0, 0,
          "Shortest subscription lifetime accepted; shorter non-zero ones get 423 with "
          "Min-Expires",
          .unit = CONF_UNIT_S},
         {"presence", "subscription-max-expires", CONF_DURATION, C(subscribe_max_expires_ms),
          "3600s", 0, 0, 0, "Longest subscription lifetime: longer requests are cut to this",
          .unit = CONF_UNIT_S},
-        {"presence", "max-presentities", CONF_INT, C(max_presentities), "100000", 1, 100000000,
-         0,
+        {"presence", "max-presentities", CONF_INT, C(max_presentities), "100000", 1, 100000000, 0,
          "Presentities held at once (published, watched or remembered); PUBLISH and "
          "SUBSCRIBE beyond get 503"},
-        {"presence", "max-subscriptions", CONF_INT, C(max_subscriptions), "100000", 1,
-         100000000, 0, "Subscriptions held at once; SUBSCRIBEs beyond get 503"},
+        {"presence", "max-subscriptions", CONF_INT, C(max_subscriptions), "100000", 1, 100000000, 0,
+         "Subscriptions held at once; SUBSCRIBEs beyond get 503"},
         {"presence", "max-presence-elements", CONF_INT, C(max_publications), "16", 1, 1000, 0,
          "Publications (sources: devices) merged into one presentity; more get 503"},
         {"presence", "max-list-size", CONF_INT, C(max_list_size), "1000", 1, 100000, 0,
@@ -64,8 +63,8 @@ static const struct conf_option presence_rows[] = {
          "follows in further NOTIFYs"},
         {"presence", "max-body-size", CONF_SIZE, C(max_body_size), "64KiB", 0, 0, 0,
          "Largest PIDF or resource-lists body accepted (413 beyond), checked before parsing"},
-        {"presence", "last-activity-retention-time", CONF_DURATION,
-         C(last_activity_retention_ms), "1d", 0, 0, 0,
+        {"presence", "last-activity-retention-time", CONF_DURATION, C(last_activity_retention_ms),
+         "1d", 0, 0, 0,
          "How long the time of a presentity's last activity is still reported (as away, "
          "closed) after its publications ended; 0: forget at once",
          .unit = CONF_UNIT_S},
@@ -240,15 +239,14 @@ static int ctl_presentities(struct ctl_request *req, int argc, char **argv, void
                                         free(names[j]);
                                 }
                                 json_array_append_new(
-                                        pubs, json_pack("{s:s, s:I, s:b}", "etag", pub->etag,
-                                                        "expires",
-                                                        (json_int_t)((pub->expires_at - now) /
-                                                                     1000),
-                                                        "open", pidf_is_open(pub->doc)));
+                                        pubs,
+                                        json_pack("{s:s, s:I, s:b}", "etag", pub->etag, "expires",
+                                                  (json_int_t)((pub->expires_at - now) / 1000),
+                                                  "open", pidf_is_open(pub->doc)));
                         }
                         json_t *o = json_pack("{s:s, s:o, s:o, s:i}", "presentity", pr->key,
-                                              "publications", pubs, "activities", acts,
-                                              "watchers", (int)pr->n_watchers);
+                                              "publications", pubs, "activities", acts, "watchers",
+                                              (int)pr->n_watchers);
                         if (pr->last_activity > 0) {
                                 char stamp[32];
                                 xml_format_time(pr->last_activity, stamp, sizeof stamp);
@@ -256,8 +254,8 @@ static int ctl_presentities(struct ctl_request *req, int argc, char **argv, void
                         }
                         json_array_append_new(list, o);
                 }
-        ctl_reply(req, json_pack("{s:o, s:I, s:b}", "presentities", list, "count",
-                                 (json_int_t)n, "truncated", n > CTL_MAX_ITEMS));
+        ctl_reply(req, json_pack("{s:o, s:I, s:b}", "presentities", list, "count", (json_int_t)n,
+                                 "truncated", n > CTL_MAX_ITEMS));
         return 0;
 }
 
@@ -270,16 +268,15 @@ static int ctl_subscriptions(struct ctl_request *req, int argc, char **argv, voi
                 if (n++ >= CTL_MAX_ITEMS)
                         continue;
                 json_array_append_new(
-                        list, json_pack("{s:I, s:s, s:s, s:b, s:I, s:I}", "id", (json_int_t)s->id,
-                                        "watcher", s->watcher, "target", s->target, "list",
-                                        s->is_list, "resources", (json_int_t)s->n_resources,
-                                        "expires",
-                                        (json_int_t)(s->expires_at > now
-                                                             ? (s->expires_at - now) / 1000
-                                                             : 0)));
+                        list,
+                        json_pack("{s:I, s:s, s:s, s:b, s:I, s:I}", "id", (json_int_t)s->id,
+                                  "watcher", s->watcher, "target", s->target, "list", s->is_list,
+                                  "resources", (json_int_t)s->n_resources, "expires",
+                                  (json_int_t)(s->expires_at > now ? (s->expires_at - now) / 1000
+                                                                   : 0)));
         }
-        ctl_reply(req, json_pack("{s:o, s:I, s:b}", "subscriptions", list, "count",
-                                 (json_int_t)n, "truncated", n > CTL_MAX_ITEMS));
+        ctl_reply(req, json_pack("{s:o, s:I, s:b}", "subscriptions", list, "count", (json_int_t)n,
+                                 "truncated", n > CTL_MAX_ITEMS));
         return 0;
 }
 
@@ -287,8 +284,8 @@ static int ctl_subscriptions(struct ctl_request *req, int argc, char **argv, voi
 static int on_request(void *magic, nta_leg_t *leg, nta_incoming_t *irq, const sip_t *sip) {
         struct presence *p = magic;
         if (p->stopping) {
-                nta_incoming_treply(irq, SIP_503_SERVICE_UNAVAILABLE,
-                                    SIPTAG_RETRY_AFTER_STR("5"), TAG_END());
+                nta_incoming_treply(irq, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("5"),
+                                    TAG_END());
                 return 503;
         }
         switch (sip->sip_request->rq_method) {
@@ -379,10 +376,10 @@ static void declare_counters(struct presence *p) {
         D(xml_rejected, "count-xml-rejected",
           "Bodies refused as too large, with a DTD, malformed or of the wrong document type");
 #undef D
-        stats_declare_gauge(s, "presence", "presentities", "Presentities held",
-                            gauge_presentities, p);
-        stats_declare_gauge(s, "presence", "publications", "Live publications",
-                            gauge_publications, p);
+        stats_declare_gauge(s, "presence", "presentities", "Presentities held", gauge_presentities,
+                            p);
+        stats_declare_gauge(s, "presence", "publications", "Live publications", gauge_publications,
+                            p);
         stats_declare_gauge(s, "presence", "subscriptions", "Live subscriptions",
                             gauge_subscriptions, p);
 }
@@ -393,7 +390,8 @@ static void declare_counters(struct presence *p) {
 int presence_start(struct presence *p) {
         const struct presence_config *c = &p->config;
         int r;
-        if (c->max_message_size < MAX_MESSAGE_SIZE_MIN || c->max_message_size > MAX_MESSAGE_SIZE_MAX)
+        if (c->max_message_size < MAX_MESSAGE_SIZE_MIN ||
+            c->max_message_size > MAX_MESSAGE_SIZE_MAX)
                 return log_error_errno(ERANGE, "[global] max-message-size must be between 4KiB "
                                                "and 64MiB.");
         if (c->publish_min_expires_ms > c->publish_max_expires_ms ||
@@ -412,9 +410,10 @@ int presence_start(struct presence *p) {
                 return log_error_errno(ENOMEM, "Failed to create the SIP agent.");
         STRV_FOREACH(uri, c->transports) {
                 if (strncasecmp(*uri, "sips:", 5) == 0 || strcasestr(*uri, "transport=tls"))
-                        return log_error_errno(EINVAL, "Cannot listen on '%s': the presence "
-                                                       "server speaks UDP and TCP (put it behind "
-                                                       "the proxy for TLS).",
+                        return log_error_errno(EINVAL,
+                                               "Cannot listen on '%s': the presence "
+                                               "server speaks UDP and TCP (put it behind "
+                                               "the proxy for TLS).",
                                                *uri);
                 if (nta_agent_add_tport(p->agent, URL_STRING_MAKE(*uri), TAG_END()) < 0)
                         return log_error_errno(errno > 0 ? errno : EINVAL,
@@ -428,8 +427,10 @@ int presence_start(struct presence *p) {
                 log_notice("Listening on %s %s:%s.", n->tpn_proto, n->tpn_host, n->tpn_port);
         }
         struct ctl *ctl = daemon_ctl(p->daemon);
-        if ((r = ctl_register(ctl, "PRESENCE_PRESENTITIES", "[user@host]: presentities, "
-                              "their publications and watchers", ctl_presentities, p)) < 0 ||
+        if ((r = ctl_register(ctl, "PRESENCE_PRESENTITIES",
+                              "[user@host]: presentities, "
+                              "their publications and watchers",
+                              ctl_presentities, p)) < 0 ||
             (r = ctl_register(ctl, "PRESENCE_SUBSCRIPTIONS", ": live subscriptions",
                               ctl_subscriptions, p)) < 0)
                 return log_error_errno(r, "Failed to register control commands: %m");

@@ -52,7 +52,7 @@ struct presence {
 
         struct subscription *subscriptions; /* live ones, doubly linked */
         size_t n_subscriptions;
-        struct subscription *dead;           /* ended, freed by the reaper */
+        struct subscription *dead; /* ended, freed by the reaper */
         struct loop_timer *reaper;
         uint64_t next_id;
 
@@ -96,12 +96,12 @@ struct presentity {
         unsigned n_publications;
         struct resource *watchers;
         unsigned n_watchers;
-        time_t last_activity;              /* when the last publication ended; 0: none */
-        struct loop_timer *retention;      /* forgets last_activity */
-        char *pidf;                        /* merged state, cached */
+        time_t last_activity;         /* when the last publication ended; 0: none */
+        struct loop_timer *retention; /* forgets last_activity */
+        char *pidf;                   /* merged state, cached */
         size_t pidf_len;
-        bool known;                        /* state to report: publications or last activity */
-        uint64_t mark;                     /* subscribe.c: duplicate detection in one list */
+        bool known;    /* state to report: publications or last activity */
+        uint64_t mark; /* subscribe.c: duplicate detection in one list */
 };
 
 struct subscription {
@@ -116,10 +116,10 @@ struct subscription {
         struct resource *resources;
         size_t n_resources;
         struct loop_timer *timer;
-        uint64_t expires_at; /* monotonic ms */
-        unsigned version;    /* RLMI version */
-        bool full_sent;      /* the full state went out */
-        bool dirty;          /* something changed since the last NOTIFY */
+        uint64_t expires_at;    /* monotonic ms */
+        unsigned version;       /* RLMI version */
+        bool full_sent;         /* the full state went out */
+        bool dirty;             /* something changed since the last NOTIFY */
         const char *end_reason; /* set: the next NOTIFY is the final one */
         bool ended;             /* final NOTIFY sent (or failed) */
         bool dead;              /* on the dead list, waiting for the reaper */

@@ -45,8 +45,8 @@ static void new_etag(struct presence *p, char *buf, size_t size) {
         unsigned char rnd[8];
         if (RAND_bytes(rnd, sizeof rnd) != 1)
                 memset(rnd, 0, sizeof rnd);
-        snprintf(buf, size, "%02x%02x%02x%02x%02x%02x%02x%02x%04x", rnd[0], rnd[1], rnd[2],
-                 rnd[3], rnd[4], rnd[5], rnd[6], rnd[7], (unsigned)(++p->next_id & 0xffff));
+        snprintf(buf, size, "%02x%02x%02x%02x%02x%02x%02x%02x%04x", rnd[0], rnd[1], rnd[2], rnd[3],
+                 rnd[4], rnd[5], rnd[6], rnd[7], (unsigned)(++p->next_id & 0xffff));
 }
 
 static struct publication *find_etag(struct presentity *pr, const char *etag) {
@@ -201,8 +201,8 @@ int publish_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip) {
                 char etag[sizeof pub->etag];
                 memcpy(etag, pub->etag, sizeof etag);
                 publication_free(pub);
-                nta_incoming_treply(irq, SIP_200_OK, SIPTAG_ETAG_STR(etag),
-                                    SIPTAG_EXPIRES_STR("0"), TAG_END());
+                nta_incoming_treply(irq, SIP_200_OK, SIPTAG_ETAG_STR(etag), SIPTAG_EXPIRES_STR("0"),
+                                    TAG_END());
                 presentity_changed(pr);
                 presentity_maybe_free(pr);
                 return 200;

@@ -5,11 +5,11 @@
  * default leg and the subscription legs share one callback type, hence void. */
 struct presence;
 struct subscription;
-#define NTA_AGENT_MAGIC_T struct presence
-#define NTA_LEG_MAGIC_T void
+#define NTA_AGENT_MAGIC_T    struct presence
+#define NTA_LEG_MAGIC_T      void
 #define NTA_OUTGOING_MAGIC_T struct subscription
 #define NTA_INCOMING_MAGIC_T void
-#define SU_ROOT_MAGIC_T void
+#define SU_ROOT_MAGIC_T      void
 
 #include <sofia-sip/msg_addr.h>
 #include <sofia-sip/nta.h>

@@ -24,7 +24,7 @@
 #include "stats.h"
 
 #define LISTS_TYPE "application/resource-lists+xml"
-#define BOUNDARY "sipfleet-presence-7d3c9e"
+#define BOUNDARY   "sipfleet-presence-7d3c9e"
 
 static void send_notify(struct subscription *sub);
 
@@ -160,12 +160,23 @@ static int on_notify_response(struct subscription *sub, nta_outgoing_t *orq, con
 static void xml_escape(FILE *f, const char *s) {
         for (; *s; s++)
                 switch (*s) {
-                case '&': fputs("&amp;", f); break;
-                case '<': fputs("&lt;", f); break;
-                case '>': fputs("&gt;", f); break;
-                case '"': fputs("&quot;", f); break;
-                case '\'': fputs("&apos;", f); break;
-                default: fputc(*s, f);
+                case '&':
+                        fputs("&amp;", f);
+                        break;
+                case '<':
+                        fputs("&lt;", f);
+                        break;
+                case '>':
+                        fputs("&gt;", f);
+                        break;
+                case '"':
+                        fputs("&quot;", f);
+                        break;
+                case '\'':
+                        fputs("&apos;", f);
+                        break;
+                default:
+                        fputc(*s, f);
                 }
 }
 
@@ -216,11 +227,14 @@ static char *list_body(struct subscription *sub, bool full, size_t max_bytes) {
                         fputs("\"/>\n", f);
                         continue;
                 }
-                fprintf(f, "\">\n    <instance id=\"r%zu\" state=\"active\" cid=\"r%zu.%u@sipfleet\"/>\n  </resource>\n",
+                fprintf(f,
+                        "\">\n    <instance id=\"r%zu\" state=\"active\" "
+                        "cid=\"r%zu.%u@sipfleet\"/>\n  </resource>\n",
                         i, i, sub->version);
-                fprintf(pf, "--" BOUNDARY "\r\nContent-Transfer-Encoding: binary\r\n"
-                            "Content-ID: <r%zu.%u@sipfleet>\r\n"
-                            "Content-Type: application/pidf+xml;charset=\"UTF-8\"\r\n\r\n%s\r\n",
+                fprintf(pf,
+                        "--" BOUNDARY "\r\nContent-Transfer-Encoding: binary\r\n"
+                        "Content-ID: <r%zu.%u@sipfleet>\r\n"
+                        "Content-Type: application/pidf+xml;charset=\"UTF-8\"\r\n\r\n%s\r\n",
                         i, sub->version, pidf);
                 fflush(pf);
                 res->changed = false;
@@ -234,10 +248,11 @@ static char *list_body(struct subscription *sub, bool full, size_t max_bytes) {
         rewind(f);
         out_len = 0;
         if (rlmi)
-                fprintf(f, "--" BOUNDARY "\r\nContent-Transfer-Encoding: binary\r\n"
-                           "Content-ID: <rlmi.%u@sipfleet>\r\n"
-                           "Content-Type: application/rlmi+xml;charset=\"UTF-8\"\r\n\r\n%s\r\n"
-                           "%s--" BOUNDARY "--\r\n",
+                fprintf(f,
+                        "--" BOUNDARY "\r\nContent-Transfer-Encoding: binary\r\n"
+                        "Content-ID: <rlmi.%u@sipfleet>\r\n"
+                        "Content-Type: application/rlmi+xml;charset=\"UTF-8\"\r\n\r\n%s\r\n"
+                        "%s--" BOUNDARY "--\r\n",
                         sub->version, rlmi, parts ? parts : "");
         fclose(f);
         free(rlmi);
@@ -297,8 +312,8 @@ static void send_notify(struct subscription *sub) {
                 SIPTAG_PAYLOAD_STR(payload), TAG_END());
         if (!sub->notify) {
                 stats_inc(p->count.notify_failed);
-                log_warning("Cannot send a NOTIFY to '%s'; ending subscription %llu.",
-                            sub->watcher, (unsigned long long)sub->id);
+                log_warning("Cannot send a NOTIFY to '%s'; ending subscription %llu.", sub->watcher,
+                            (unsigned long long)sub->id);
                 kill_subscription(sub);
                 return;
         }
@@ -355,13 +370,12 @@ static int reply_subscribe(struct subscription *sub, nta_incoming_t *irq, uint64
 }
 
 /* A request inside a subscription's dialog: refresh or un-SUBSCRIBE. */
-static int on_dialog_request(void *magic, nta_leg_t *leg, nta_incoming_t *irq,
-                             const sip_t *sip) {
+static int on_dialog_request(void *magic, nta_leg_t *leg, nta_incoming_t *irq, const sip_t *sip) {
         struct subscription *sub = magic;
         struct presence *p = sub->presence;
         if (sip->sip_request->rq_method != sip_method_subscribe) {
-                nta_incoming_treply(irq, SIP_405_METHOD_NOT_ALLOWED,
-                                    SIPTAG_ALLOW_STR("SUBSCRIBE"), TAG_END());
+                nta_incoming_treply(irq, SIP_405_METHOD_NOT_ALLOWED, SIPTAG_ALLOW_STR("SUBSCRIBE"),
+                                    TAG_END());
                 return 405;
         }
         stats_inc(p->count.subscribe);
@@ -422,8 +436,8 @@ static int read_list(struct presence *p, nta_incoming_t *irq, const sip_t *sip, 
         if (!sip->sip_content_type || !sip->sip_content_type->c_type ||
             !strcaseeq(sip->sip_content_type->c_type, LISTS_TYPE) ||
             (cd && cd->cd_type && !strcaseeq(cd->cd_type, "recipient-list"))) {
-                nta_incoming_treply(irq, SIP_415_UNSUPPORTED_MEDIA,
-                                    SIPTAG_ACCEPT_STR(LISTS_TYPE), TAG_END());
+                nta_incoming_treply(irq, SIP_415_UNSUPPORTED_MEDIA, SIPTAG_ACCEPT_STR(LISTS_TYPE),
+                                    TAG_END());
                 return 415;
         }
         if (!sip_has_feature(sip->sip_supported, "eventlist") &&
@@ -448,10 +462,10 @@ static int read_list(struct presence *p, nta_incoming_t *irq, const sip_t *sip, 
         }
         if (r < 0) {
                 stats_inc(p->count.xml_rejected);
-                log_info("List SUBSCRIBE refused: %s.",
-                         r == -EPERM     ? "the list has a DTD"
-                         : r == -EBADMSG ? "not a resource-lists document"
-                                         : "malformed XML");
+                log_info("List SUBSCRIBE refused: %s.", r == -EPERM ? "the list has a DTD"
+                                                        : r == -EBADMSG
+                                                                ? "not a resource-lists document"
+                                                                : "malformed XML");
                 nta_incoming_treply(irq, 400,
                                     r == -EPERM     ? "DTD Not Allowed"
                                     : r == -EBADMSG ? "Invalid Resource List"
@@ -478,8 +492,8 @@ int subscribe_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip) 
         if (r == 0 && p->n_subscriptions >= (size_t)p->config.max_subscriptions) {
                 log_warning("SUBSCRIBE from '%s' refused: max-subscriptions reached.",
                             sip->sip_from ? sip->sip_from->a_url->url_user : "?");
-                nta_incoming_treply(irq, SIP_503_SERVICE_UNAVAILABLE,
-                                    SIPTAG_RETRY_AFTER_STR("60"), TAG_END());
+                nta_incoming_treply(irq, SIP_503_SERVICE_UNAVAILABLE, SIPTAG_RETRY_AFTER_STR("60"),
+                                    TAG_END());
                 r = 503;
         }
         if (r != 0) {
@@ -522,8 +536,8 @@ int subscribe_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip) 
                                            SIPTAG_CALL_ID(sip->sip_call_id),
                                            SIPTAG_FROM(sip->sip_to), SIPTAG_TO(sip->sip_from),
                                            NTATAG_REMOTE_CSEQ(sip->sip_cseq->cs_seq), TAG_END());
-                r = sub->leg && loop_timer_new(daemon_loop(p->daemon), expired, sub,
-                                               &sub->timer) >= 0
+                r = sub->leg && loop_timer_new(daemon_loop(p->daemon), expired, sub, &sub->timer) >=
+                                            0
                             ? 0
                             : -ENOMEM;
         }

@@ -76,13 +76,13 @@ static int presence_init(struct module *m) {
                 return log_error_errno(EINVAL, "[module::Presence] presence-server is empty.");
         pm->server_url = url_hdup(pm->home, URL_STRING_MAKE(pm->server)->us_url);
         if (!pm->server_url || !pm->server_url->url_host)
-                return log_error_errno(EINVAL, "[module::Presence] presence-server '%s' is not "
-                                               "a SIP URI.",
+                return log_error_errno(EINVAL,
+                                       "[module::Presence] presence-server '%s' is not "
+                                       "a SIP URI.",
                                        pm->server);
         if (!url_has_param(pm->server_url, "lr"))
                 url_param_add(pm->home, pm->server_url, "lr");
-        pm->count_routed = stats_declare(proxy_stats(m->proxy), "module::Presence",
-                                         "count-routed",
+        pm->count_routed = stats_declare(proxy_stats(m->proxy), "module::Presence", "count-routed",
                                          "PUBLISH and SUBSCRIBE routed to the presence server");
         return 0;
 }

@@ -74,8 +74,8 @@ static char *pidf(const char *user, const char *tuple, const char *basic, const 
 /* PUBLISH for user@example.org. etag/expires/body/ctype may be NULL. Returns the status;
  * *ret_etag gets the SIP-ETag (malloc'd) when asked. */
 static int publish_full(struct tl_ua *ua, const char *user, const char *event, const char *etag,
-                        const char *expires, const char *ctype, const char *body,
-                        char **ret_etag, msg_t **ret) {
+                        const char *expires, const char *ctype, const char *body, char **ret_etag,
+                        msg_t **ret) {
         _cleanup_free_ char *ruri = NULL, *from = NULL, *hdrs = NULL;
         ck_assert_int_ge(asprintf(&ruri, "sip:%s@example.org", user), 0);
         ck_assert_int_ge(asprintf(&hdrs, "%s%s%s%s%s%s%s%s%s", event ? "Event: " : "",
@@ -183,11 +183,10 @@ START_TEST(test_presence_publish_rules) {
         ck_assert_int_eq(publish_full(ua, "alice", NULL, NULL, "60", NULL, body, NULL, &m), 489);
         ck_assert_ptr_nonnull(sip_object(m)->sip_allow_events);
         msg_destroy(m);
-        ck_assert_int_eq(publish_full(ua, "alice", "reg", NULL, "60", NULL, body, NULL, NULL),
-                         489);
-        ck_assert_int_eq(publish_full(ua, "alice", "presence", NULL, "60", "text/plain", body,
-                                      NULL, &m),
-                         415);
+        ck_assert_int_eq(publish_full(ua, "alice", "reg", NULL, "60", NULL, body, NULL, NULL), 489);
+        ck_assert_int_eq(
+                publish_full(ua, "alice", "presence", NULL, "60", "text/plain", body, NULL, &m),
+                415);
         ck_assert_ptr_nonnull(sip_object(m)->sip_accept);
         ck_assert_str_eq(sip_object(m)->sip_accept->ac_type, "application/pidf+xml");
         msg_destroy(m);
@@ -200,8 +199,7 @@ START_TEST(test_presence_publish_rules) {
 
         /* New publication: an entity tag and the Expires granted (cut to max-expires). */
         _cleanup_free_ char *e1 = NULL, *e2 = NULL, *e3 = NULL;
-        ck_assert_int_eq(publish_full(ua, "alice", "presence", NULL, "100000", NULL, body, &e1,
-                                      &m),
+        ck_assert_int_eq(publish_full(ua, "alice", "presence", NULL, "100000", NULL, body, &e1, &m),
                          200);
         ck_assert_ptr_nonnull(e1);
         ck_assert_uint_eq(sip_object(m)->sip_expires->ex_delta, 3600);
@@ -244,10 +242,10 @@ START_TEST(test_presence_publish_rules) {
         big[5999] = 0;
         memcpy(big, body, strlen(body));
         ck_assert_int_eq(publish(ua, "alice", NULL, "60", big, NULL), 413);
-        ck_assert_int_eq(publish(ua, "alice", NULL, "60",
-                                 "<resource-lists xmlns=\"urn:ietf:params:xml:ns:resource-lists\"/>",
-                                 NULL),
-                         400);
+        ck_assert_int_eq(
+                publish(ua, "alice", NULL, "60",
+                        "<resource-lists xmlns=\"urn:ietf:params:xml:ns:resource-lists\"/>", NULL),
+                400);
         ck_assert_int_eq(counter("count-xml-rejected"), 4);
 
         /* Remove. */
@@ -273,8 +271,9 @@ static struct tl_dialog *subscribe(struct tl_ua *ua, const char *watcher, const 
         _cleanup_free_ char *ruri = NULL, *from = NULL, *hdrs = NULL;
         ck_assert_int_ge(asprintf(&ruri, "sip:%s@example.org", user), 0);
         ck_assert_int_ge(asprintf(&from, "sip:%s@example.org", watcher), 0);
-        ck_assert_int_ge(asprintf(&hdrs, "Event: presence\r\nAccept: application/pidf+xml\r\n"
-                                         "Expires: %s",
+        ck_assert_int_ge(asprintf(&hdrs,
+                                  "Event: presence\r\nAccept: application/pidf+xml\r\n"
+                                  "Expires: %s",
                                   expires),
                          0);
         struct tl_dialog *d = tl_dialog_new(ua, from, ruri);
@@ -316,9 +315,8 @@ START_TEST(test_presence_subscribe_notify) {
 
         /* Refresh on the dialog: 200 and a NOTIFY with the full state. */
         msg_t *m = NULL;
-        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 120",
-                                    NULL, &m),
-                         200);
+        ck_assert_int_eq(
+                tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 120", NULL, &m), 200);
         ck_assert_uint_eq(sip_object(m)->sip_expires->ex_delta, 120);
         msg_destroy(m);
         _cleanup_free_ char *n3 = next_notify(bob, state, sizeof state, NULL);
@@ -328,8 +326,7 @@ START_TEST(test_presence_subscribe_notify) {
         json_t *j = ctl("PRESENCE_SUBSCRIPTIONS");
         json_t *s = json_array_get(json_object_get(j, "subscriptions"), 0);
         ck_assert_str_eq(json_string_value(json_object_get(s, "watcher")), "sip:bob@example.org");
-        ck_assert_str_eq(json_string_value(json_object_get(s, "target")),
-                         "sip:alice@example.org");
+        ck_assert_str_eq(json_string_value(json_object_get(s, "target")), "sip:alice@example.org");
         json_decref(j);
 
         /* Requests that are refused. */
@@ -340,9 +337,8 @@ START_TEST(test_presence_subscribe_notify) {
                          481);
         tl_dialog_free(bogus);
         struct tl_dialog *x = tl_dialog_new(bob, "sip:bob@example.org", "sip:alice@example.org");
-        ck_assert_int_eq(tl_ua_send(x, "SUBSCRIBE", "sip:alice@example.org", "Expires: 60", NULL,
-                                    &m),
-                         400);
+        ck_assert_int_eq(
+                tl_ua_send(x, "SUBSCRIBE", "sip:alice@example.org", "Expires: 60", NULL, &m), 400);
         ck_assert_ptr_nonnull(sip_object(m)->sip_warning);
         msg_destroy(m);
         ck_assert_int_eq(tl_ua_send(x, "SUBSCRIBE", "sip:alice@example.org",
@@ -352,17 +348,16 @@ START_TEST(test_presence_subscribe_notify) {
         no_request(bob, 200);
 
         /* Un-SUBSCRIBE: 200, final NOTIFY terminated, nothing left. */
-        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 0", NULL,
-                                    NULL),
-                         200);
+        ck_assert_int_eq(
+                tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 0", NULL, NULL), 200);
         _cleanup_free_ char *n4 = next_notify(bob, state, sizeof state, NULL);
         ck_assert_str_eq(state, "terminated");
         tl_sip_run(100);
         ck_assert_int_eq(n_subscriptions(), 0);
         /* The dialog is gone: a refresh gets 481. */
-        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 60", NULL,
-                                    NULL),
-                         481);
+        ck_assert_int_eq(
+                tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 60", NULL, NULL),
+                481);
         tl_dialog_free(d);
         ck_assert_int_eq(counter("count-notify-sent"), 4);
         tl_ua_free(alice);
@@ -508,8 +503,7 @@ static int list_subscribe(struct tl_ua *ua, const char *ctype, bool eventlist, c
                          0);
         struct tl_dialog *d =
                 tl_dialog_new(ua, "sip:owner@example.org", "sip:owner-friends@example.org");
-        int status = tl_ua_send(d, "SUBSCRIBE", "sip:owner-friends@example.org", hdrs, body,
-                                NULL);
+        int status = tl_ua_send(d, "SUBSCRIBE", "sip:owner-friends@example.org", hdrs, body, NULL);
         if (ret)
                 *ret = d;
         else
@@ -579,9 +573,8 @@ START_TEST(test_presence_list_subscription_200_contacts) {
         ck_assert_int_eq(counter("count-subscribe-list"), 1);
 
         /* Unsubscribe: final NOTIFY, full state. */
-        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 0", NULL,
-                                    NULL),
-                         200);
+        ck_assert_int_eq(
+                tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 0", NULL, NULL), 200);
         _cleanup_free_ char *n4 = next_notify(owner, state, sizeof state, NULL);
         ck_assert_str_eq(state, "terminated");
         ck_assert_ptr_nonnull(strstr(n4, "fullState=\"true\""));
@@ -589,13 +582,11 @@ START_TEST(test_presence_list_subscription_200_contacts) {
 
         /* Refused lists. */
         ck_assert_int_eq(list_subscribe(owner, "text/plain", true, book, NULL), 415);
-        ck_assert_int_eq(list_subscribe(owner, "application/resource-lists+xml", false, book,
-                                        NULL),
+        ck_assert_int_eq(list_subscribe(owner, "application/resource-lists+xml", false, book, NULL),
                          421);
         _cleanup_free_ char *too_big = address_book(201);
-        ck_assert_int_eq(list_subscribe(owner, "application/resource-lists+xml", true, too_big,
-                                        NULL),
-                         413);
+        ck_assert_int_eq(
+                list_subscribe(owner, "application/resource-lists+xml", true, too_big, NULL), 413);
         const char *xxe = "<?xml version=\"1.0\"?><!DOCTYPE r [<!ENTITY x SYSTEM "
                           "\"file:///etc/passwd\">]><resource-lists "
                           "xmlns=\"urn:ietf:params:xml:ns:resource-lists\"><list>"
@@ -648,9 +639,8 @@ START_TEST(test_presence_last_activity_retention) {
         ck_assert_ptr_null(strstr(n3, "person"));
         no_request(bob, 1500); /* and no further period starts */
         ck_assert_int_eq(counter("presentities"), 1);
-        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 0", NULL,
-                                    NULL),
-                         200);
+        ck_assert_int_eq(
+                tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 0", NULL, NULL), 200);
         _cleanup_free_ char *n4 = next_notify(bob, state, sizeof state, NULL);
         tl_sip_run(100);
         ck_assert_int_eq(counter("presentities"), 0);
@@ -684,7 +674,8 @@ END_TEST
 START_TEST(test_presence_refuses_tls_transport) {
         _cleanup_free_ char *bin = tl_build_path("presence/sipfleet-presence");
         _cleanup_free_ char *conf = tl_write_file(
-                "tls.conf", "[global]\ntransports=sips:127.0.0.1:5061\ncontrol-socket=/nonexistent/x\n");
+                "tls.conf",
+                "[global]\ntransports=sips:127.0.0.1:5061\ncontrol-socket=/nonexistent/x\n");
         char *argv[] = {bin, "--config", conf, NULL};
         struct tl_proc p;
         ck_assert_int_eq(tl_spawn("presence-tls", argv, &p), 0);
@@ -758,14 +749,13 @@ START_TEST(test_presence_through_proxy) {
         ck_assert_ptr_nonnull(strstr(n2, "<rpid:on-the-phone/>"));
 
         /* Refresh and un-SUBSCRIBE follow the route set through the proxy. */
-        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 60",
-                                    NULL, NULL),
-                         200);
+        ck_assert_int_eq(
+                tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 60", NULL, NULL),
+                200);
         _cleanup_free_ char *n3 = next_notify(bob, state, sizeof state, NULL);
         ck_assert_msg(strncmp(state, "active", 6) == 0, "%s", state);
-        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 0", NULL,
-                                    NULL),
-                         200);
+        ck_assert_int_eq(
+                tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 0", NULL, NULL), 200);
         _cleanup_free_ char *n4 = next_notify(bob, state, sizeof state, NULL);
         ck_assert_str_eq(state, "terminated");
         tl_dialog_free(d);

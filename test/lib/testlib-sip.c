@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-#define NTA_LEG_MAGIC_T struct tl_ua
+#define NTA_LEG_MAGIC_T      struct tl_ua
 #define NTA_OUTGOING_MAGIC_T struct tl_pending
-#define NTA_AGENT_MAGIC_T struct tl_ua
-#define SU_ROOT_MAGIC_T void
+#define NTA_AGENT_MAGIC_T    struct tl_ua
+#define SU_ROOT_MAGIC_T      void
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,11 +79,11 @@ struct tl_ua *tl_ua_new_at(const char *host) {
         ua->reply = 200;
         char bind[64];
         snprintf(bind, sizeof bind, "sip:%s:*", host);
-        ua->agent = nta_agent_create(shared_root(), URL_STRING_MAKE(bind), on_message,
-                                     ua, NTATAG_UA(1), NTATAG_SIP_T1X64(4000), TAG_END());
+        ua->agent = nta_agent_create(shared_root(), URL_STRING_MAKE(bind), on_message, ua,
+                                     NTATAG_UA(1), NTATAG_SIP_T1X64(4000), TAG_END());
         ck_assert_msg(ua->agent != NULL, "test UA cannot bind");
-        ua->default_leg = nta_leg_tcreate(ua->agent, on_request, ua, NTATAG_NO_DIALOG(1),
-                                          TAG_END());
+        ua->default_leg =
+                nta_leg_tcreate(ua->agent, on_request, ua, NTATAG_NO_DIALOG(1), TAG_END());
         ck_assert_ptr_nonnull(ua->default_leg);
         return ua;
 }
@@ -150,8 +150,7 @@ int tl_ua_send(struct tl_dialog *d, const char *method, const char *ruri, const 
         nta_outgoing_t *orq = nta_outgoing_tcreate(
                 d->leg, on_response, &pd,
                 !d->established && d->ua->proxy[0] ? URL_STRING_MAKE(d->ua->proxy) : NULL,
-                sip_method_unknown, method,
-                d->established ? NULL : URL_STRING_MAKE(ruri),
+                sip_method_unknown, method, d->established ? NULL : URL_STRING_MAKE(ruri),
                 SIPTAG_CONTACT(nta_agent_contact(d->ua->agent)),
                 TAG_IF(headers, SIPTAG_HEADER_STR(headers)), TAG_IF(body, SIPTAG_PAYLOAD_STR(body)),
                 TAG_END());

@@ -10,10 +10,11 @@
 #include "pidf.h"
 #include "testlib.h"
 
-#define PIDF_HEAD "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"                              \
-                  "<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" "                           \
-                  "xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" "                      \
-                  "xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" entity=\"sip:alice@example.org\">"
+#define PIDF_HEAD                                                                                  \
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"                                             \
+        "<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" "                                         \
+        "xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" "                                     \
+        "xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" entity=\"sip:alice@example.org\">"
 
 static const char *phone_pidf =
         PIDF_HEAD "<tuple id=\"phone\"><status><basic>open</basic></status>"
@@ -45,7 +46,8 @@ START_TEST(test_presence_xml_refuses_entities_and_dtd) {
                 "\"http://127.0.0.1:9/x.dtd\"> %r;]><presence/>",
                 /* billion laughs */
                 "<?xml version=\"1.0\"?><!DOCTYPE l [<!ENTITY a \"aaaaaaaaaa\">"
-                "<!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;\"><!ENTITY c \"&b;&b;&b;&b;&b;&b;&b;\">]>"
+                "<!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;\"><!ENTITY c "
+                "\"&b;&b;&b;&b;&b;&b;&b;\">]>"
                 "<l>&c;&c;&c;&c;</l>",
                 /* an external DTD */
                 "<?xml version=\"1.0\"?><!DOCTYPE presence SYSTEM \"/etc/passwd\"><presence/>",
