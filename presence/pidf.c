@@ -228,8 +228,28 @@ static void insert_ordered(xmlNodePtr root, xmlNodePtr n) {
         xmlAddChild(root, n);
 }
 
+/* The namespaces the source declares on its root (extensions such as a client's own) are
+ * declared on ours too, under the same prefix when it is free, so that copied elements keep
+ * a declared prefix. */
+static int import_namespaces(xmlDocPtr out, xmlNodePtr root, xmlNodePtr sroot) {
+        for (xmlNsPtr ns = sroot->nsDef; ns; ns = ns->next) {
+                if (!ns->href || xmlSearchNsByHref(out, root, ns->href))
+                        continue;
+                if (ns->prefix && xmlSearchNs(out, root, ns->prefix))
+                        continue; /* prefix taken: the clone declares it where it is used */
+                if (!ns->prefix)
+                        continue;
+                if (!xmlNewNs(root, ns->href, ns->prefix))
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
 int pidf_merge_add(xmlDocPtr out, xmlDocPtr src) {
         xmlNodePtr root = xmlDocGetRootElement(out), sroot = xmlDocGetRootElement(src);
+        int r = import_namespaces(out, root, sroot);
+        if (r < 0)
+                return r;
         bool have_person = false;
         for (xmlNodePtr c = root->children; c; c = c->next)
                 if (is_person(c))

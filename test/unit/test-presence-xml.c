@@ -153,6 +153,26 @@ START_TEST(test_presence_xml_merge_keeps_each_tuple) {
 }
 END_TEST
 
+/* A client's own extension namespace, declared on its root and used inside a tuple, stays
+ * declared in the merged document. */
+START_TEST(test_presence_xml_merge_keeps_namespaces) {
+        xmlDocPtr src = parse_ok(
+                "<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" "
+                "xmlns:ext=\"urn:example:ext\" xmlns:p=\"urn:ietf:params:xml:ns:pidf:rpid\" "
+                "entity=\"sip:a@b\"><tuple id=\"t\"><status><basic>open</basic><ext:online/>"
+                "</status><p:activities><p:away/></p:activities></tuple></presence>");
+        xmlDocPtr out = pidf_merge_new("sip:a@b");
+        ck_assert_int_eq(pidf_merge_add(out, src), 0);
+        _cleanup_free_ char *s = xml_to_string(out, NULL);
+        ck_assert_ptr_nonnull(strstr(s, "xmlns:ext=\"urn:example:ext\""));
+        ck_assert_ptr_nonnull(strstr(s, "<ext:online/>"));
+        /* rpid under another prefix: mapped to ours */
+        ck_assert_ptr_nonnull(strstr(s, "<rpid:away/>"));
+        xmlFreeDoc(out);
+        xmlFreeDoc(src);
+}
+END_TEST
+
 START_TEST(test_presence_xml_resource_lists) {
         const char *text =
                 "<?xml version=\"1.0\"?><resource-lists "
@@ -184,6 +204,7 @@ static Suite *suite(void) {
         tc = tcase_create("pidf");
         tcase_add_test(tc, test_presence_xml_pidf_checks);
         tcase_add_test(tc, test_presence_xml_merge_keeps_each_tuple);
+        tcase_add_test(tc, test_presence_xml_merge_keeps_namespaces);
         suite_add_tcase(s, tc);
         tc = tcase_create("lists");
         tcase_add_test(tc, test_presence_xml_resource_lists);
