@@ -193,10 +193,10 @@ static char *list_body(struct subscription *sub, bool full, size_t max_bytes) {
                 free(parts);
                 return NULL;
         }
-        sub->version++;
+        unsigned v = sub->version++; /* send_notify() names the root part after it too */
         fputs("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<list xmlns=\"" RLMI_NS "\" uri=\"", f);
         xml_escape(f, sub->target);
-        fprintf(f, "\" version=\"%u\" fullState=\"%s\">\n", sub->version - 1,
+        fprintf(f, "\" version=\"%u\" fullState=\"%s\">\n", v,
                 full ? "true" : "false");
         bool more = false;
         for (size_t i = 0; i < sub->n_resources; i++) {
@@ -230,12 +230,12 @@ static char *list_body(struct subscription *sub, bool full, size_t max_bytes) {
                 fprintf(f,
                         "\">\n    <instance id=\"r%zu\" state=\"active\" "
                         "cid=\"r%zu.%u@sipfleet\"/>\n  </resource>\n",
-                        i, i, sub->version);
+                        i, i, v);
                 fprintf(pf,
                         "--" BOUNDARY "\r\nContent-Transfer-Encoding: binary\r\n"
                         "Content-ID: <r%zu.%u@sipfleet>\r\n"
                         "Content-Type: application/pidf+xml;charset=\"UTF-8\"\r\n\r\n%s\r\n",
-                        i, sub->version, pidf);
+                        i, v, pidf);
                 fflush(pf);
                 res->changed = false;
                 res->sent = true;
@@ -253,7 +253,7 @@ static char *list_body(struct subscription *sub, bool full, size_t max_bytes) {
                         "Content-ID: <rlmi.%u@sipfleet>\r\n"
                         "Content-Type: application/rlmi+xml;charset=\"UTF-8\"\r\n\r\n%s\r\n"
                         "%s--" BOUNDARY "--\r\n",
-                        sub->version, rlmi, parts ? parts : "");
+                        v, rlmi, parts ? parts : "");
         fclose(f);
         free(rlmi);
         free(parts);
