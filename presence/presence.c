@@ -216,6 +216,31 @@ void presentity_changed(struct presentity *pr) {
         }
 }
 
+bool presence_body_encoded(const sip_t *sip) {
+        const sip_content_encoding_t *ce = sip->sip_content_encoding;
+        for (; ce; ce = ce->k_next)
+                for (const char *const *i = ce->k_items; i && *i; i++)
+                        if (!strcaseeq(*i, "identity"))
+                                return true;
+        return false;
+}
+
+bool presence_accepts(const sip_t *sip, const char *type) {
+        if (!sip->sip_accept)
+                return true;
+        const char *slash = strchr(type, '/');
+        size_t major = slash ? (size_t)(slash - type) : strlen(type);
+        for (const sip_accept_t *a = sip->sip_accept; a; a = a->ac_next) {
+                if (!a->ac_type)
+                        continue;
+                if (strcaseeq(a->ac_type, type) || streq(a->ac_type, "*/*") ||
+                    (strncasecmp(a->ac_type, type, major) == 0 &&
+                     strcaseeq(a->ac_type + major, "/*")))
+                        return true;
+        }
+        return false;
+}
+
 /* Control commands. */
 #define CTL_MAX_ITEMS 1000
 

@@ -144,6 +144,11 @@ const char *presentity_pidf(struct presentity *pr);
 /* Rebuilds the merged document and tells every watcher. */
 void presentity_changed(struct presentity *pr);
 
+/* Does the body carry a Content-Encoding other than identity (we decode none)? */
+bool presence_body_encoded(const sip_t *sip);
+/* Does the Accept header (absent: yes) allow this type? */
+bool presence_accepts(const sip_t *sip, const char *type);
+
 /* publish.c */
 int publish_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip);
 void publication_free(struct publication *pub);

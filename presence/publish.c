@@ -67,6 +67,11 @@ static int read_body(struct presence *p, nta_incoming_t *irq, const sip_t *sip, 
                                     TAG_END());
                 return 415;
         }
+        if (presence_body_encoded(sip)) {
+                nta_incoming_treply(irq, SIP_415_UNSUPPORTED_MEDIA,
+                                    SIPTAG_ACCEPT_ENCODING_STR("identity"), TAG_END());
+                return 415;
+        }
         int r = xml_parse(pl->pl_data, pl->pl_len, p->config.max_body_size, &doc);
         if (r == -E2BIG) {
                 stats_inc(p->count.xml_rejected);

@@ -196,8 +196,7 @@ static char *list_body(struct subscription *sub, bool full, size_t max_bytes) {
         unsigned v = sub->version++; /* send_notify() names the root part after it too */
         fputs("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<list xmlns=\"" RLMI_NS "\" uri=\"", f);
         xml_escape(f, sub->target);
-        fprintf(f, "\" version=\"%u\" fullState=\"%s\">\n", v,
-                full ? "true" : "false");
+        fprintf(f, "\" version=\"%u\" fullState=\"%s\">\n", v, full ? "true" : "false");
         bool more = false;
         for (size_t i = 0; i < sub->n_resources; i++) {
                 struct resource *res = &sub->resources[i];
@@ -446,6 +445,15 @@ static int read_list(struct presence *p, nta_incoming_t *irq, const sip_t *sip, 
                                     SIPTAG_REQUIRE_STR("eventlist"), TAG_END());
                 return 421;
         }
+        if (presence_body_encoded(sip)) {
+                nta_incoming_treply(irq, SIP_415_UNSUPPORTED_MEDIA,
+                                    SIPTAG_ACCEPT_ENCODING_STR("identity"), TAG_END());
+                return 415;
+        }
+        if (!presence_accepts(sip, "multipart/related")) {
+                nta_incoming_treply(irq, SIP_406_NOT_ACCEPTABLE, TAG_END());
+                return 406;
+        }
         xmlDocPtr doc = NULL;
         int r = xml_parse(sip->sip_payload->pl_data, sip->sip_payload->pl_len,
                           p->config.max_body_size, &doc);
@@ -489,6 +497,10 @@ int subscribe_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip) 
         bool is_list = sip->sip_payload && sip->sip_payload->pl_len > 0;
         if (r == 0 && is_list)
                 r = read_list(p, irq, sip, &uris);
+        if (r == 0 && !is_list && !presence_accepts(sip, "application/pidf+xml")) {
+                nta_incoming_treply(irq, SIP_406_NOT_ACCEPTABLE, TAG_END());
+                r = 406;
+        }
         if (r == 0 && p->n_subscriptions >= (size_t)p->config.max_subscriptions) {
                 log_warning("SUBSCRIBE from '%s' refused: max-subscriptions reached.",
                             sip->sip_from ? sip->sip_from->a_url->url_user : "?");

@@ -191,6 +191,12 @@ START_TEST(test_presence_publish_rules) {
         ck_assert_str_eq(sip_object(m)->sip_accept->ac_type, "application/pidf+xml");
         msg_destroy(m);
         ck_assert_int_eq(publish(ua, "alice", NULL, "60", NULL, NULL), 400);
+        /* A compressed body: we decode none, and say so. */
+        ck_assert_int_eq(publish_full(ua, "alice", "presence\r\nContent-Encoding: deflate", NULL,
+                                      "60", NULL, body, NULL, &m),
+                         415);
+        ck_assert_ptr_nonnull(sip_object(m)->sip_accept_encoding);
+        msg_destroy(m);
         ck_assert_int_eq(publish_full(ua, "alice", "presence", NULL, "1", NULL, body, NULL, &m),
                          423);
         ck_assert_ptr_nonnull(sip_object(m)->sip_min_expires);
@@ -344,6 +350,10 @@ START_TEST(test_presence_subscribe_notify) {
         ck_assert_int_eq(tl_ua_send(x, "SUBSCRIBE", "sip:alice@example.org",
                                     "Event: dialog\r\nExpires: 60", NULL, NULL),
                          489);
+        ck_assert_int_eq(tl_ua_send(x, "SUBSCRIBE", "sip:alice@example.org",
+                                    "Event: presence\r\nAccept: text/plain\r\nExpires: 60", NULL,
+                                    NULL),
+                         406);
         tl_dialog_free(x);
         no_request(bob, 200);
 
@@ -491,15 +501,14 @@ static char *address_book(int n) {
         return s;
 }
 
-static int list_subscribe(struct tl_ua *ua, const char *ctype, bool eventlist, const char *body,
-                          struct tl_dialog **ret) {
+static int list_subscribe_hdrs(struct tl_ua *ua, const char *ctype, bool eventlist,
+                               const char *extra, const char *body, struct tl_dialog **ret) {
         _cleanup_free_ char *hdrs = NULL;
         ck_assert_int_ge(asprintf(&hdrs,
-                                  "Event: presence\r\nExpires: 600\r\n%s"
-                                  "Accept: application/pidf+xml, application/rlmi+xml, "
-                                  "multipart/related\r\nContent-Type: %s\r\n"
+                                  "Event: presence\r\nExpires: 600\r\n%s%s"
+                                  "Content-Type: %s\r\n"
                                   "Content-Disposition: recipient-list",
-                                  eventlist ? "Supported: eventlist\r\n" : "", ctype),
+                                  eventlist ? "Supported: eventlist\r\n" : "", extra, ctype),
                          0);
         struct tl_dialog *d =
                 tl_dialog_new(ua, "sip:owner@example.org", "sip:owner-friends@example.org");
@@ -509,6 +518,14 @@ static int list_subscribe(struct tl_ua *ua, const char *ctype, bool eventlist, c
         else
                 tl_dialog_free(d);
         return status;
+}
+
+static int list_subscribe(struct tl_ua *ua, const char *ctype, bool eventlist, const char *body,
+                          struct tl_dialog **ret) {
+        return list_subscribe_hdrs(ua, ctype, eventlist,
+                                   "Accept: application/pidf+xml, application/rlmi+xml, "
+                                   "multipart/related\r\n",
+                                   body, ret);
 }
 
 static void check_multipart(msg_t *m) {
@@ -582,6 +599,12 @@ START_TEST(test_presence_list_subscription_200_contacts) {
 
         /* Refused lists. */
         ck_assert_int_eq(list_subscribe(owner, "text/plain", true, book, NULL), 415);
+        ck_assert_int_eq(list_subscribe_hdrs(owner, "application/resource-lists+xml", true,
+                                             "Content-Encoding: deflate\r\n", book, NULL),
+                         415);
+        ck_assert_int_eq(list_subscribe_hdrs(owner, "application/resource-lists+xml", true,
+                                             "Accept: application/pidf+xml\r\n", book, NULL),
+                         406);
         ck_assert_int_eq(list_subscribe(owner, "application/resource-lists+xml", false, book, NULL),
                          421);
         _cleanup_free_ char *too_big = address_book(201);
