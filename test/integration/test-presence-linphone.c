@@ -48,7 +48,15 @@ static void ua_start(struct tl_proc *p, const char *name, const char *const *arg
         /* The client's private directory goes inside the test's, removed with it. */
         _cleanup_free_ char *tmpdir = getenv("TMPDIR") ? strdup(getenv("TMPDIR")) : NULL;
         setenv("TMPDIR", tl_tmpdir(), 1);
+        /* In the sanitizer build, liblinphone's presence parsing leaves a few libxml2 objects
+         * behind (264 bytes, stacks inside libxml2 only): suppressed for the client alone, the
+         * daemons under test keep the full leak check. */
+        _cleanup_free_ char *supp = tl_write_file("lsan-lp-ua.supp", "leak:libxml2.so\n");
+        _cleanup_free_ char *lsan = NULL;
+        ck_assert_int_ge(asprintf(&lsan, "suppressions=%s:print_suppressions=0", supp), 0);
+        setenv("LSAN_OPTIONS", lsan, 1);
         tl_spawn(name, (char *const *)argv, p);
+        unsetenv("LSAN_OPTIONS");
         if (tmpdir)
                 setenv("TMPDIR", tmpdir, 1);
         else
