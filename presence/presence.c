@@ -68,6 +68,10 @@ static const struct conf_option presence_rows[] = {
          "How long the time of a presentity's last activity is still reported (as away, "
          "closed) after its publications ended; 0: forget at once",
          .unit = CONF_UNIT_S},
+        {"presence", "linphone-list-compatibility", CONF_BOOL, C(linphone_list_compat), "true", 0,
+         0, 0,
+         "NOTIFYs of list subscriptions in the form liblinphone (5.2 and older) reads: "
+         "'Event: Presence' and Content-IDs without angle brackets; false: RFC 4662's form"},
 };
 
 static unsigned key_hash(const char *s) {

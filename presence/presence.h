@@ -30,6 +30,7 @@ struct presence_config {
         int64_t notify_limit;
         uint64_t max_body_size;
         uint64_t last_activity_retention_ms;
+        bool linphone_list_compat;
 };
 
 struct presentity;

@@ -183,6 +183,9 @@ static void xml_escape(FILE *f, const char *s) {
 /* The multipart/related body of a list NOTIFY: RLMI, then the PIDF of each resource sent. */
 static char *list_body(struct subscription *sub, bool full, size_t max_bytes) {
         struct presence *p = sub->presence;
+        /* RFC 2392: the header has the id in angle brackets, the cid in RLMI has not. */
+        const char *lt = p->config.linphone_list_compat ? "" : "<";
+        const char *gt = p->config.linphone_list_compat ? "" : ">";
         char *parts = NULL, *out = NULL;
         size_t parts_len = 0, out_len = 0, n = 0;
         FILE *pf = open_memstream(&parts, &parts_len);
@@ -232,9 +235,9 @@ static char *list_body(struct subscription *sub, bool full, size_t max_bytes) {
                         i, i, v);
                 fprintf(pf,
                         "--" BOUNDARY "\r\nContent-Transfer-Encoding: binary\r\n"
-                        "Content-ID: <r%zu.%u@sipfleet>\r\n"
+                        "Content-Id: %sr%zu.%u@sipfleet%s\r\n"
                         "Content-Type: application/pidf+xml;charset=\"UTF-8\"\r\n\r\n%s\r\n",
-                        i, v, pidf);
+                        lt, i, v, gt, pidf);
                 fflush(pf);
                 res->changed = false;
                 res->sent = true;
@@ -249,10 +252,10 @@ static char *list_body(struct subscription *sub, bool full, size_t max_bytes) {
         if (rlmi)
                 fprintf(f,
                         "--" BOUNDARY "\r\nContent-Transfer-Encoding: binary\r\n"
-                        "Content-ID: <rlmi.%u@sipfleet>\r\n"
+                        "Content-Id: %srlmi.%u@sipfleet%s\r\n"
                         "Content-Type: application/rlmi+xml;charset=\"UTF-8\"\r\n\r\n%s\r\n"
                         "%s--" BOUNDARY "--\r\n",
-                        v, rlmi, parts ? parts : "");
+                        lt, v, gt, rlmi, parts ? parts : "");
         fclose(f);
         free(rlmi);
         free(parts);
@@ -302,10 +305,13 @@ static void send_notify(struct subscription *sub) {
                 return;
         }
         sub->full_sent = true;
+        /* liblinphone up to 5.2 hands a list NOTIFY to its friend lists only when the event is
+         * spelt "Presence", and matches the RLMI cid to the Content-ID header as a string. */
+        bool compat = sub->is_list && p->config.linphone_list_compat;
         sub->notify = nta_outgoing_tcreate(
                 sub->leg, on_notify_response, sub, NULL, SIP_METHOD_NOTIFY, NULL,
-                SIPTAG_EVENT_STR("presence"), SIPTAG_SUBSCRIPTION_STATE_STR(state),
-                SIPTAG_CONTACT(nta_agent_contact(p->agent)),
+                SIPTAG_EVENT_STR(compat ? "Presence" : "presence"),
+                SIPTAG_SUBSCRIPTION_STATE_STR(state), SIPTAG_CONTACT(nta_agent_contact(p->agent)),
                 TAG_IF(sub->is_list, SIPTAG_REQUIRE_STR("eventlist")),
                 SIPTAG_CONTENT_TYPE_STR(sub->is_list ? ctype : "application/pidf+xml"),
                 SIPTAG_PAYLOAD_STR(payload), TAG_END());

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* liblinphone and the presence server: two lp-ua clients register through the built proxy,
  * whose [module::Presence] sends their PUBLISH and SUBSCRIBE to the built sipfleet-presence.
- * alice publishes online, then away, then online again; bob, who watches her as a friend,
- * must see away and then online. The presence server has a loopback address of its own
- * (127.0.0.2): requests from its host are its own and never routed back to it. Every client runs
- * under its own --max-time; every wait here is bounded. */
+ * alice publishes online, then away, then online again; bob, who watches her as a friend
+ * (a plain subscription, then through a friend list with an RLS address: one list
+ * subscription with the list in its body), must see away and then online. The presence server has a
+ * loopback address of its own (127.0.0.2): requests from its host are its own and never routed back
+ * to it. Every client runs under its own --max-time; every wait here is bounded. */
 #include <signal.h>
 #include <stdio.h>
 #include <sys/wait.h>
@@ -79,15 +80,23 @@ static int ua_wait(struct tl_proc *p, const char *name) {
         return st;
 }
 
-static void run_watch(void) {
+static void run_watch(const char *rls) {
         struct tl_proc alice, bob;
         const char *alice_args[] = {"--identity",         "sip:alice@localhost", "--presence",
                                     "online,away,online", "--presence-interval", "4",
                                     "--max-time",         UA_MAX_TIME,           NULL};
         ua_start(&alice, "alice", alice_args);
-        const char *bob_args[] = {"--identity",          "sip:bob@localhost", "--watch",
-                                  "sip:alice@localhost", "--expect",          "away,online",
-                                  "--max-time",          WATCH_MAX_TIME,      NULL};
+        const char *bob_args[] = {"--identity",
+                                  "sip:bob@localhost",
+                                  "--watch",
+                                  "sip:alice@localhost",
+                                  "--expect",
+                                  "away,online",
+                                  "--max-time",
+                                  WATCH_MAX_TIME,
+                                  rls ? "--rls" : NULL,
+                                  rls,
+                                  NULL};
         ua_start(&bob, "bob", bob_args);
         int st = ua_wait(&bob, "bob");
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "bob did not see alice's changes");
@@ -127,9 +136,17 @@ static void teardown(void) {
 
 START_TEST(test_presence_linphone_friend) {
         setup();
-        run_watch();
+        run_watch(NULL);
         ck_assert_int_ge(tl_counter(presence.sock, "presence/count-publish-new"), 1);
         ck_assert_int_ge(tl_counter(presence.sock, "presence/count-notify-sent"), 2);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_presence_linphone_friend_list) {
+        setup();
+        run_watch("sip:bob-friends@localhost");
+        ck_assert_int_ge(tl_counter(presence.sock, "presence/count-subscribe-list"), 1);
         teardown();
 }
 END_TEST
@@ -140,6 +157,7 @@ int main(void) {
         TCase *tc = tcase_create("linphone");
         tcase_set_timeout(tc, 120);
         tcase_add_test(tc, test_presence_linphone_friend);
+        tcase_add_test(tc, test_presence_linphone_friend_list);
         suite_add_tcase(s, tc);
         return tl_run(s);
 }

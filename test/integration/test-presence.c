@@ -135,7 +135,9 @@ static char *next_notify(struct tl_ua *ua, char *state, size_t size, msg_t **ret
         sip_t *sip = sip_object(m);
         ck_assert_str_eq(sip->sip_request->rq_method_name, "NOTIFY");
         ck_assert_ptr_nonnull(sip->sip_event);
-        ck_assert_str_eq(sip->sip_event->o_type, "presence");
+        /* "Presence" for list NOTIFYs in linphone-list-compatibility mode */
+        ck_assert_msg(strcasecmp(sip->sip_event->o_type, "presence") == 0, "Event: %s",
+                      sip->sip_event->o_type);
         ck_assert_ptr_nonnull(sip->sip_subscription_state);
         const sip_subscription_state_t *ss = sip->sip_subscription_state;
         snprintf(state, size, "%s%s%s%s%s", ss->ss_substate, ss->ss_reason ? ";reason=" : "",
@@ -537,7 +539,7 @@ static void check_multipart(msg_t *m) {
 }
 
 START_TEST(test_presence_list_subscription_200_contacts) {
-        start("notify-limit=2\nmax-list-size=200\n");
+        start("notify-limit=2\nmax-list-size=200\nlinphone-list-compatibility=false\n");
         struct tl_ua *pub = new_ua(), *owner = new_ua();
         char state[128];
         for (int i = 0; i < 3; i++) {
@@ -556,7 +558,11 @@ START_TEST(test_presence_list_subscription_200_contacts) {
         msg_t *m = NULL;
         _cleanup_free_ char *n1 = next_notify(owner, state, sizeof state, &m);
         check_multipart(m);
+        /* RFC 4662's form: the package as registered, Content-IDs in angle brackets. */
+        ck_assert_str_eq(sip_object(m)->sip_event->o_type, "presence");
         msg_destroy(m);
+        ck_assert_ptr_nonnull(strstr(n1, "cid=\"r0.0@sipfleet\""));
+        ck_assert_ptr_nonnull(strstr(n1, "Content-Id: <r0.0@sipfleet>\r\n"));
         ck_assert_msg(strncmp(state, "active;expires=", 15) == 0, "%s", state);
         ck_assert_ptr_nonnull(strstr(n1, "fullState=\"true\""));
         ck_assert_ptr_nonnull(strstr(n1, "uri=\"sip:owner-friends@example.org\""));
@@ -620,6 +626,31 @@ START_TEST(test_presence_list_subscription_200_contacts) {
                                         "<resource-lists><list>", NULL),
                          400);
         ck_assert_int_eq(n_subscriptions(), 0);
+        tl_ua_free(pub);
+        tl_ua_free(owner);
+        stop();
+}
+END_TEST
+
+/* By default list NOTIFYs take the form liblinphone 5.2 and older read. */
+START_TEST(test_presence_list_linphone_form) {
+        start(NULL);
+        struct tl_ua *pub = new_ua(), *owner = new_ua();
+        char state[128];
+        _cleanup_free_ char *b = pidf("user0", "1", "open", "1", "away");
+        ck_assert_int_eq(publish(pub, "user0", NULL, "600", b, NULL), 200);
+        _cleanup_free_ char *book = address_book(2);
+        struct tl_dialog *d = NULL;
+        ck_assert_int_eq(list_subscribe(owner, "application/resource-lists+xml", true, book, &d),
+                         200);
+        msg_t *m = NULL;
+        _cleanup_free_ char *n1 = next_notify(owner, state, sizeof state, &m);
+        ck_assert_str_eq(sip_object(m)->sip_event->o_type, "Presence");
+        msg_destroy(m);
+        ck_assert_ptr_nonnull(strstr(n1, "cid=\"r0.0@sipfleet\""));
+        ck_assert_ptr_nonnull(strstr(n1, "Content-Id: r0.0@sipfleet\r\n"));
+        ck_assert_uint_eq(count(n1, "<resource "), 2);
+        tl_dialog_free(d);
         tl_ua_free(pub);
         tl_ua_free(owner);
         stop();
@@ -818,6 +849,7 @@ static Suite *suite(void) {
         tcase_add_test(tc, test_presence_subscribe_notify);
         tcase_add_test(tc, test_presence_subscription_expiry_and_failure);
         tcase_add_test(tc, test_presence_list_subscription_200_contacts);
+        tcase_add_test(tc, test_presence_list_linphone_form);
         tcase_add_test(tc, test_presence_through_proxy);
         suite_add_tcase(s, tc);
         return s;

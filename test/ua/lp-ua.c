@@ -5,10 +5,11 @@
  * no video. Its state lives in a private temporary directory (HOME and XDG_* point there too),
  * removed at exit. One line per event on stdout, "event=<name> key=value...", liblinphone's
  * own log on stderr. Presence: --presence publishes a sequence of states (online, away, busy,
- * on-the-phone), one every --presence-interval seconds; --watch subscribes to a friend and --expect
- * makes the goal seeing the friend in the listed states, in order. Exit status: 0 when the goal was
- * met, 1 on failure, 2 on bad usage, 3 when
- * --max-time ran out (a hard alarm also ends a run stuck inside the library). */
+ * on-the-phone), one every --presence-interval seconds; --watch subscribes to a friend (through
+ * a friend list with an RLS address when --rls is given: one list subscription) and --expect
+ * makes the goal seeing the friend in the listed states, in order. Exit status: 0 when the goal
+ * was met, 1 on failure, 2 on bad usage, 3 when --max-time ran out (a hard alarm also ends a run
+ * stuck inside the library). */
 #include <errno.h>
 #include <ftw.h>
 #include <getopt.h>
@@ -57,6 +58,7 @@ struct ua_options {
         size_t n_presence;
         int presence_interval_s;
         const char *watch_uri;
+        const char *rls_uri;
         char *expect[8]; /* states to see the watched friend in, in order */
         size_t n_expect;
 };
@@ -85,10 +87,11 @@ struct ua {
         uint64_t rtp_received;
         bool stats_printed;
 
-        size_t presence_next;    /* index of the next state to publish */
-        int64_t presence_due_ms; /* when to publish it */
-        LinphoneFriend *friend;  /* watched (referenced) */
-        size_t expect_seen;      /* states of --expect seen so far */
+        size_t presence_next;     /* index of the next state to publish */
+        int64_t presence_due_ms;  /* when to publish it */
+        LinphoneFriend *friend;   /* watched (referenced) */
+        LinphoneFriendList *list; /* with --rls (referenced) */
+        size_t expect_seen;       /* states of --expect seen so far */
 };
 
 static volatile sig_atomic_t stop_requested;
@@ -283,10 +286,26 @@ static int watch_friend(struct ua *ua) {
         }
         linphone_friend_enable_subscribes(ua->friend, TRUE);
         linphone_friend_set_inc_subscribe_policy(ua->friend, LinphoneSPAccept);
-        linphone_friend_list_add_friend(linphone_core_get_default_friend_list(ua->core),
-                                        ua->friend);
+        if (ua->o.rls_uri) {
+                LinphoneAddress *rls = linphone_core_create_address(ua->core, ua->o.rls_uri);
+                if (!rls) {
+                        fprintf(stderr, "lp-ua: invalid --rls '%s'\n", ua->o.rls_uri);
+                        return -EINVAL;
+                }
+                ua->list = linphone_core_create_friend_list(ua->core);
+                linphone_friend_list_set_display_name(ua->list, "watched");
+                linphone_friend_list_set_rls_address(ua->list, rls);
+                linphone_address_unref(rls);
+                linphone_core_add_friend_list(ua->core, ua->list);
+                linphone_friend_list_add_friend(ua->list, ua->friend);
+                linphone_friend_list_enable_subscriptions(ua->list, TRUE);
+        } else {
+                linphone_friend_list_add_friend(linphone_core_get_default_friend_list(ua->core),
+                                                ua->friend);
+        }
         linphone_core_enable_friend_list_subscription(ua->core, TRUE);
-        event("event=watching uri=%s", ua->o.watch_uri);
+        event("event=watching uri=%s%s%s", ua->o.watch_uri, ua->o.rls_uri ? " rls=" : "",
+              ua->o.rls_uri ? ua->o.rls_uri : "");
         return 0;
 }
 
@@ -372,6 +391,7 @@ static void usage(FILE *f) {
               "                     on-the-phone, meeting), comma separated\n"
               "  --presence-interval N  seconds between two of them (default 2)\n"
               "  --watch URI        subscribe to the presence of URI (a friend)\n"
+              "  --rls URI          watch through a friend list whose RLS address is URI\n"
               "  --expect LIST      goal: see the watched friend in these states, in order\n"
               "  --verbose          liblinphone's debug log on stderr\n"
               "Without --call or --answer: stay registered until SIGTERM, then unregister.\n"
@@ -406,6 +426,7 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 OPT_PRESENCE,
                 OPT_PRESENCE_INTERVAL,
                 OPT_WATCH,
+                OPT_RLS,
                 OPT_EXPECT,
         };
         static const struct option options[] = {
@@ -424,6 +445,7 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 {"presence", required_argument, NULL, OPT_PRESENCE},
                 {"presence-interval", required_argument, NULL, OPT_PRESENCE_INTERVAL},
                 {"watch", required_argument, NULL, OPT_WATCH},
+                {"rls", required_argument, NULL, OPT_RLS},
                 {"expect", required_argument, NULL, OPT_EXPECT},
                 {0},
         };
@@ -478,6 +500,9 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                         break;
                 case OPT_WATCH:
                         o->watch_uri = optarg;
+                        break;
+                case OPT_RLS:
+                        o->rls_uri = optarg;
                         break;
                 case OPT_EXPECT:
                         if (!parse_states(optarg, o->expect, ELEMENTSOF(o->expect), &o->n_expect))
@@ -928,6 +953,8 @@ int main(int argc, char **argv) {
 out:
         if (ua.friend)
                 linphone_friend_unref(ua.friend);
+        if (ua.list)
+                linphone_friend_list_unref(ua.list);
         if (ua.call)
                 linphone_call_unref(ua.call);
         if (ua.account)
