@@ -825,6 +825,32 @@ START_TEST(test_presence_through_proxy) {
         ck_assert_int_eq(tl_counter(px.sock, "module::Presence/count-routed"), 3);
         ck_assert_int_eq(counter("count-subscribe"), 3);
         ck_assert_int_eq(counter("count-publish"), 2);
+
+        /* presence.winfo goes to the presence server too (which does not serve it: 489). */
+        struct tl_dialog *w = tl_dialog_new(bob, "sip:bob@example.org", "sip:alice@example.org");
+        ck_assert_int_eq(tl_ua_send(w, "SUBSCRIBE", "sip:alice@example.org",
+                                    "Event: presence.winfo\r\nExpires: 60", NULL, NULL),
+                         489);
+        tl_dialog_free(w);
+        ck_assert_int_eq(tl_counter(px.sock, "module::Presence/count-routed"), 4);
+
+        /* only-list-subscription: a single SUBSCRIBE goes on to the user (unregistered: 404),
+         * a list SUBSCRIBE still reaches the presence server. */
+        tl_proxy_stop(&px);
+        _cleanup_free_ char *extra2 = NULL;
+        ck_assert_int_ge(asprintf(&extra2, "%sonly-list-subscription=true\n", extra), 0);
+        tl_proxy_start(&px, extra2);
+        struct tl_dialog *single = subscribe(bob, "bob", "alice", "60", 404);
+        tl_dialog_free(single);
+        _cleanup_free_ char *book = address_book(3);
+        struct tl_dialog *list = NULL;
+        ck_assert_int_eq(list_subscribe(bob, "application/resource-lists+xml", true, book, &list),
+                         200);
+        _cleanup_free_ char *n5 = next_notify(bob, state, sizeof state, NULL);
+        ck_assert_uint_eq(count(n5, "<resource "), 3);
+        tl_dialog_free(list);
+        ck_assert_int_eq(tl_counter(px.sock, "module::Presence/count-routed"), 1);
+
         tl_ua_free(alice);
         tl_ua_free(bob);
         tl_proxy_done(&px);
