@@ -83,6 +83,17 @@ START_TEST(test_presence_xml_bounds_size_and_depth) {
 }
 END_TEST
 
+/* Every truncation of a valid document is refused cleanly (the sanitizer build watches). */
+START_TEST(test_presence_xml_truncated_documents) {
+        size_t len = strlen(phone_pidf);
+        for (size_t n = 0; n < len; n++) {
+                xmlDocPtr doc = NULL;
+                ck_assert_int_eq(xml_parse(phone_pidf, n, 65536, &doc), -EINVAL);
+                ck_assert_ptr_null(doc);
+        }
+}
+END_TEST
+
 START_TEST(test_presence_xml_pidf_checks) {
         const char *reason = NULL;
         xmlDocPtr doc = parse_ok(phone_pidf);
@@ -200,6 +211,7 @@ static Suite *suite(void) {
         TCase *tc = tcase_create("parse");
         tcase_add_test(tc, test_presence_xml_refuses_entities_and_dtd);
         tcase_add_test(tc, test_presence_xml_bounds_size_and_depth);
+        tcase_add_test(tc, test_presence_xml_truncated_documents);
         suite_add_tcase(s, tc);
         tc = tcase_create("pidf");
         tcase_add_test(tc, test_presence_xml_pidf_checks);
