@@ -186,6 +186,9 @@ static int rebuild(struct presentity *pr) {
         free(pr->pidf);
         pr->pidf = s;
         pr->pidf_len = len;
+        /* A user of the service, as list NOTIFYs report it. Long-term presence (an account
+         * store lookup for an address without publication, with its devices' capabilities)
+         * will widen this and add a default tuple here. */
         pr->known = pr->publications || pr->last_activity > 0;
         (void)p;
         return 0;
