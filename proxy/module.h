@@ -69,3 +69,8 @@ extern const struct module_desc module_router;
 extern const struct module_desc module_push;
 extern const struct module_desc module_forward;
 extern const struct module_desc module_sanity;
+extern const struct module_desc module_presence;
+
+/* Does this message come from the presence server's host ([module::Presence] enabled)? For the
+ * Authentication module: the presence server is a trusted host. */
+bool proxy_presence_is_server(struct proxy *p, msg_t *msg);

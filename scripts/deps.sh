@@ -6,6 +6,8 @@ sipfleet_packages=(
         # libraries (DESIGN.md): SIP stack, loops, Redis, TLS, JSON, SRTP, HTTP/2, SQLite, systemd
         libsofia-sip-ua-dev libevent-dev libhiredis-dev libssl-dev libjansson-dev libsrtp2-dev
         libcurl4-openssl-dev libsqlite3-dev libsystemd-dev
+        # presence: PIDF, RLMI and resource lists parsed with libxml2
+        libxml2-dev
         # tests: Check, real servers and peers, unit verification
         check libsubunit-dev redis-server redis-tools sip-tester systemd liblinphone-dev
         # pushd tests: HTTP/2-over-TLS servers playing APNs and FCM (test/servers/)

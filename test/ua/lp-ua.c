@@ -4,8 +4,12 @@
  * registered until SIGTERM. Audio runs from a generated tone file into a file: no sound card,
  * no video. Its state lives in a private temporary directory (HOME and XDG_* point there too),
  * removed at exit. One line per event on stdout, "event=<name> key=value...", liblinphone's
- * own log on stderr. Exit status: 0 when the goal was met, 1 on failure, 2 on bad usage, 3 when
- * --max-time ran out (a hard alarm also ends a run stuck inside the library). */
+ * own log on stderr. Presence: --presence publishes a sequence of states (online, away, busy,
+ * on-the-phone), one every --presence-interval seconds; --watch subscribes to a friend (through
+ * a friend list with an RLS address when --rls is given: one list subscription) and --expect
+ * makes the goal seeing the friend in the listed states, in order. Exit status: 0 when the goal
+ * was met, 1 on failure, 2 on bad usage, 3 when --max-time ran out (a hard alarm also ends a run
+ * stuck inside the library). */
 #include <errno.h>
 #include <ftw.h>
 #include <getopt.h>
@@ -49,6 +53,14 @@ struct ua_options {
         int max_time_s;
         bool answer;
         bool verbose;
+        /* presence */
+        char *presence[8]; /* states to publish, in turn */
+        size_t n_presence;
+        int presence_interval_s;
+        const char *watch_uri;
+        const char *rls_uri;
+        char *expect[8]; /* states to see the watched friend in, in order */
+        size_t n_expect;
 };
 
 struct ua {
@@ -74,6 +86,12 @@ struct ua {
         uint64_t rtp_sent;
         uint64_t rtp_received;
         bool stats_printed;
+
+        size_t presence_next;     /* index of the next state to publish */
+        int64_t presence_due_ms;  /* when to publish it */
+        LinphoneFriend *friend;   /* watched (referenced) */
+        LinphoneFriendList *list; /* with --rls (referenced) */
+        size_t expect_seen;       /* states of --expect seen so far */
 };
 
 static volatile sig_atomic_t stop_requested;
@@ -184,6 +202,125 @@ static void on_registration(LinphoneCore *core, LinphoneAccount *account,
         }
 }
 
+/* Presence states by name: "online" is an open status without activity. */
+static const struct {
+        const char *name;
+        LinphonePresenceActivityType type;
+} activities[] = {
+        {"away", LinphonePresenceActivityAway},
+        {"busy", LinphonePresenceActivityBusy},
+        {"on-the-phone", LinphonePresenceActivityOnThePhone},
+        {"meeting", LinphonePresenceActivityMeeting},
+};
+
+static const char *activity_name(LinphonePresenceActivityType type) {
+        for (size_t i = 0; i < ELEMENTSOF(activities); i++)
+                if (activities[i].type == type)
+                        return activities[i].name;
+        return "other";
+}
+
+static bool state_known(const char *name) {
+        if (streq(name, "online"))
+                return true;
+        for (size_t i = 0; i < ELEMENTSOF(activities); i++)
+                if (streq(activities[i].name, name))
+                        return true;
+        return false;
+}
+
+/* The state of a presence model as one of our names (or "offline", "other"). */
+static const char *model_state(const LinphonePresenceModel *model) {
+        if (!model)
+                return "offline";
+        LinphonePresenceActivity *a = linphone_presence_model_get_activity(model);
+        if (a)
+                return activity_name(linphone_presence_activity_get_type(a));
+        return linphone_presence_model_get_basic_status(model) == LinphonePresenceBasicStatusOpen
+                       ? "online"
+                       : "offline";
+}
+
+static void on_presence_received(LinphoneCore *core, LinphoneFriend *fr) {
+        struct ua *ua = linphone_core_cbs_get_user_data(linphone_core_get_current_callbacks(core));
+        const LinphonePresenceModel *model = linphone_friend_get_presence_model(fr);
+        const char *state = model_state(model);
+        const LinphoneAddress *addr = linphone_friend_get_address(fr);
+        char *uri = addr ? linphone_address_as_string_uri_only(addr) : NULL;
+        event("event=presence-received uri=%s state=%s", uri ? uri : "?", state);
+        if (uri)
+                ortp_free(uri);
+        if (ua->expect_seen < ua->o.n_expect && streq(state, ua->o.expect[ua->expect_seen]))
+                ua->expect_seen++;
+}
+
+/* Publishes the next state of --presence when it is due. */
+static void publish_presence(struct ua *ua, int64_t now) {
+        if (ua->presence_next >= ua->o.n_presence || now < ua->presence_due_ms)
+                return;
+        const char *name = ua->o.presence[ua->presence_next++];
+        LinphonePresenceModel *model = NULL;
+        if (streq(name, "online")) {
+                model = linphone_presence_model_new();
+                linphone_presence_model_set_basic_status(model, LinphonePresenceBasicStatusOpen);
+        } else {
+                for (size_t i = 0; i < ELEMENTSOF(activities); i++)
+                        if (streq(activities[i].name, name))
+                                model = linphone_presence_model_new_with_activity(
+                                        activities[i].type, NULL);
+        }
+        if (!model)
+                return;
+        linphone_core_set_presence_model(ua->core, model);
+        linphone_presence_model_unref(model);
+        event("event=presence-published state=%s", name);
+        ua->presence_due_ms = now + (int64_t)ua->o.presence_interval_s * 1000;
+}
+
+/* Subscribes to --watch as a friend of the default list. */
+static int watch_friend(struct ua *ua) {
+        ua->friend = linphone_core_create_friend_with_address(ua->core, ua->o.watch_uri);
+        if (!ua->friend) {
+                fprintf(stderr, "lp-ua: invalid --watch '%s'\n", ua->o.watch_uri);
+                return -EINVAL;
+        }
+        linphone_friend_enable_subscribes(ua->friend, TRUE);
+        linphone_friend_set_inc_subscribe_policy(ua->friend, LinphoneSPAccept);
+        if (ua->o.rls_uri) {
+                LinphoneAddress *rls = linphone_core_create_address(ua->core, ua->o.rls_uri);
+                if (!rls) {
+                        fprintf(stderr, "lp-ua: invalid --rls '%s'\n", ua->o.rls_uri);
+                        return -EINVAL;
+                }
+                ua->list = linphone_core_create_friend_list(ua->core);
+                linphone_friend_list_set_display_name(ua->list, "watched");
+                linphone_friend_list_set_rls_address(ua->list, rls);
+                linphone_address_unref(rls);
+                linphone_core_add_friend_list(ua->core, ua->list);
+                linphone_friend_list_add_friend(ua->list, ua->friend);
+                linphone_friend_list_enable_subscriptions(ua->list, TRUE);
+        } else {
+                linphone_friend_list_add_friend(linphone_core_get_default_friend_list(ua->core),
+                                                ua->friend);
+        }
+        linphone_core_enable_friend_list_subscription(ua->core, TRUE);
+        event("event=watching uri=%s%s%s", ua->o.watch_uri, ua->o.rls_uri ? " rls=" : "",
+              ua->o.rls_uri ? ua->o.rls_uri : "");
+        return 0;
+}
+
+/* "a,b,c" into names (the string is modified); false when a name is unknown or too many. */
+static bool parse_states(char *list, char **names, size_t max, size_t *n) {
+        *n = 0;
+        for (char *save = NULL, *t = strtok_r(list, ",", &save); t;
+             t = strtok_r(NULL, ",", &save)) {
+                if (*n >= max || !state_known(t))
+                        return false;
+                names[(*n)++] = t;
+        }
+        return *n > 0;
+}
+
 static void on_call_state(LinphoneCore *core, LinphoneCall *call, LinphoneCallState state,
                           const char *message) {
         struct ua *ua = linphone_core_cbs_get_user_data(linphone_core_get_current_callbacks(core));
@@ -250,6 +387,12 @@ static void usage(FILE *f) {
               "  --duration N       seconds of established call before hanging up (default 3)\n"
               "  --answer           answer one incoming call, exit when it ends\n"
               "  --max-time N       give up after N seconds, exit status 3 (default 30)\n"
+              "  --presence LIST    publish these states in turn (online, away, busy,\n"
+              "                     on-the-phone, meeting), comma separated\n"
+              "  --presence-interval N  seconds between two of them (default 2)\n"
+              "  --watch URI        subscribe to the presence of URI (a friend)\n"
+              "  --rls URI          watch through a friend list whose RLS address is URI\n"
+              "  --expect LIST      goal: see the watched friend in these states, in order\n"
               "  --verbose          liblinphone's debug log on stderr\n"
               "Without --call or --answer: stay registered until SIGTERM, then unregister.\n"
               "Events go to stdout, one per line: event=NAME key=value...\n",
@@ -279,7 +422,12 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 OPT_ANSWER,
                 OPT_MAX_TIME,
                 OPT_VERBOSE,
-                OPT_HELP
+                OPT_HELP,
+                OPT_PRESENCE,
+                OPT_PRESENCE_INTERVAL,
+                OPT_WATCH,
+                OPT_RLS,
+                OPT_EXPECT,
         };
         static const struct option options[] = {
                 {"identity", required_argument, NULL, OPT_IDENTITY},
@@ -294,9 +442,15 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 {"max-time", required_argument, NULL, OPT_MAX_TIME},
                 {"verbose", no_argument, NULL, OPT_VERBOSE},
                 {"help", no_argument, NULL, OPT_HELP},
+                {"presence", required_argument, NULL, OPT_PRESENCE},
+                {"presence-interval", required_argument, NULL, OPT_PRESENCE_INTERVAL},
+                {"watch", required_argument, NULL, OPT_WATCH},
+                {"rls", required_argument, NULL, OPT_RLS},
+                {"expect", required_argument, NULL, OPT_EXPECT},
                 {0},
         };
-        *o = (struct ua_options){.expires = 60, .duration_s = 3, .max_time_s = 30};
+        *o = (struct ua_options){
+                .expires = 60, .duration_s = 3, .max_time_s = 30, .presence_interval_s = 2};
         int c, r = 0;
         while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0) {
                 switch (c) {
@@ -336,6 +490,24 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 case OPT_HELP:
                         usage(stdout);
                         exit(EXIT_SUCCESS);
+                case OPT_PRESENCE:
+                        if (!parse_states(optarg, o->presence, ELEMENTSOF(o->presence),
+                                          &o->n_presence))
+                                r = -EINVAL;
+                        break;
+                case OPT_PRESENCE_INTERVAL:
+                        r = parse_int(optarg, 1, 3600, &o->presence_interval_s);
+                        break;
+                case OPT_WATCH:
+                        o->watch_uri = optarg;
+                        break;
+                case OPT_RLS:
+                        o->rls_uri = optarg;
+                        break;
+                case OPT_EXPECT:
+                        if (!parse_states(optarg, o->expect, ELEMENTSOF(o->expect), &o->n_expect))
+                                r = -EINVAL;
+                        break;
                 default:
                         return -EINVAL;
                 }
@@ -355,6 +527,10 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
         }
         if (o->call_uri && o->answer) {
                 fprintf(stderr, "lp-ua: --call and --answer exclude each other\n");
+                return -EINVAL;
+        }
+        if (o->n_expect && !o->watch_uri) {
+                fprintf(stderr, "lp-ua: --expect needs --watch\n");
                 return -EINVAL;
         }
         if (o->ca_file && access(o->ca_file, R_OK) < 0) {
@@ -473,6 +649,7 @@ static int create_core(struct ua *ua) {
         linphone_core_cbs_set_user_data(cbs, ua);
         linphone_core_cbs_set_account_registration_state_changed(cbs, on_registration);
         linphone_core_cbs_set_call_state_changed(cbs, on_call_state);
+        linphone_core_cbs_set_notify_presence_received(cbs, on_presence_received);
 
         ua->core = linphone_factory_create_core_with_config_3(factory, config, NULL);
         linphone_config_unref(config);
@@ -549,7 +726,7 @@ static int add_account(struct ua *ua) {
         linphone_account_params_enable_outbound_proxy(params, TRUE);
         linphone_account_params_set_expires(params, ua->o.expires);
         linphone_account_params_enable_register(params, TRUE);
-        linphone_account_params_enable_publish(params, FALSE);
+        linphone_account_params_enable_publish(params, ua->o.n_presence > 0);
         ua->account = linphone_core_create_account(core, params);
         if (!ua->account || linphone_core_add_account(core, ua->account) < 0) {
                 fprintf(stderr, "lp-ua: cannot add the account\n");
@@ -637,6 +814,12 @@ static bool goal_reached(struct ua *ua, bool *failed) {
                           ua->rtp_received == 0;
                 return true;
         }
+        if (ua->o.n_expect > 0) {
+                if (ua->expect_seen < ua->o.n_expect)
+                        return false;
+                event("event=presence-expected-seen count=%zu", ua->o.n_expect);
+                return true;
+        }
         return stop_requested;
 }
 
@@ -670,6 +853,8 @@ static int run(struct ua *ua) {
                         place_call(ua);
                 if (ua->accept_pending)
                         accept_call(ua);
+                if (ua->registered)
+                        publish_presence(ua, now);
                 if (ua->call && ua->call_running && !ua->call_ended) {
                         if (now - ua->last_stats_ms >= STATS_EVERY_MS) {
                                 snapshot_stats(ua);
@@ -759,8 +944,17 @@ int main(int argc, char **argv) {
                 goto out;
         }
 
+        if (ua.o.watch_uri && watch_friend(&ua) < 0) {
+                status = EXIT_USAGE;
+                goto out;
+        }
+
         status = run(&ua);
 out:
+        if (ua.friend)
+                linphone_friend_unref(ua.friend);
+        if (ua.list)
+                linphone_friend_list_unref(ua.list);
         if (ua.call)
                 linphone_call_unref(ua.call);
         if (ua.account)

@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* sipfleet-presence: a presence server (RFC 3856) on nta. PUBLISH (RFC 3903) feeds presentities
+ * (publish.c); SUBSCRIBE/NOTIFY (RFC 6665), single or for a whole address book (RFC 4662 with
+ * the list in the body, RFC 5367), reads them (subscribe.c). All state is in memory, bounded by
+ * the [presence] limits. */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <libxml/tree.h>
+
+#include "sofia.h"
+
+struct daemon;
+struct loop_timer;
+struct stats_counter;
+
+struct presence_config {
+        char **transports;
+        uint64_t max_message_size;
+        uint64_t publish_expires_ms, publish_min_expires_ms, publish_max_expires_ms;
+        uint64_t subscribe_expires_ms, subscribe_min_expires_ms, subscribe_max_expires_ms;
+        int64_t max_presentities;
+        int64_t max_subscriptions;
+        int64_t max_publications;
+        int64_t max_list_size;
+        int64_t notify_limit;
+        uint64_t max_body_size;
+        uint64_t last_activity_retention_ms;
+        bool linphone_list_compat;
+};
+
+struct presentity;
+struct subscription;
+struct resource;
+
+struct presence {
+        struct daemon *daemon;
+        struct presence_config config;
+        su_root_t *root;
+        nta_agent_t *agent;
+        nta_leg_t *default_leg;
+        bool stopping;
+
+        /* Presentities by "user@host", chained hash table. */
+        struct presentity **buckets;
+        size_t n_buckets;
+        size_t n_presentities;
+        size_t n_publications;
+
+        struct subscription *subscriptions; /* live ones, doubly linked */
+        size_t n_subscriptions;
+        struct subscription *dead; /* ended, freed by the reaper */
+        struct loop_timer *reaper;
+        uint64_t next_id;
+
+        struct {
+                struct stats_counter *publish, *publish_new, *publish_refresh, *publish_modify,
+                        *publish_remove, *publish_rejected, *publish_expired;
+                struct stats_counter *subscribe, *subscribe_list, *subscribe_rejected,
+                        *subscribe_expired;
+                struct stats_counter *notify_sent, *notify_failed;
+                struct stats_counter *xml_rejected;
+        } count;
+};
+
+/* A published source of a presentity (RFC 3903 event state, named by its entity tag). */
+struct publication {
+        struct presentity *presentity;
+        struct publication *next; /* newest first */
+        char etag[24];
+        xmlDocPtr doc;
+        struct loop_timer *timer;
+        uint64_t expires_at; /* monotonic ms */
+        time_t updated;
+};
+
+/* What one subscription watches of one presentity. */
+struct resource {
+        struct subscription *sub;
+        struct presentity *presentity;
+        struct resource *wprev, *wnext; /* in presentity->watchers */
+        char *uri;                      /* as the subscriber wrote it */
+        bool changed;                   /* to send in the next partial NOTIFY */
+        bool sent;                      /* state included in a NOTIFY already */
+};
+
+struct presentity {
+        struct presence *presence;
+        struct presentity *hnext;
+        char *key; /* "user@host" */
+        char *uri; /* "sip:user@host": the PIDF entity */
+        struct publication *publications;
+        unsigned n_publications;
+        struct resource *watchers;
+        unsigned n_watchers;
+        time_t last_activity;         /* when the last publication ended; 0: none */
+        struct loop_timer *retention; /* forgets last_activity */
+        char *pidf;                   /* merged state, cached */
+        size_t pidf_len;
+        bool known;    /* state to report: publications or last activity */
+        uint64_t mark; /* subscribe.c: duplicate detection in one list */
+};
+
+struct subscription {
+        struct presence *presence;
+        struct subscription *prev, *next; /* live list, or next in the dead list */
+        uint64_t id;
+        nta_leg_t *leg;
+        nta_outgoing_t *notify; /* in flight: at most one at a time */
+        char *watcher;          /* From URI */
+        char *target;           /* Request-URI: presentity or list */
+        bool is_list;
+        struct resource *resources;
+        size_t n_resources;
+        struct loop_timer *timer;
+        uint64_t expires_at;    /* monotonic ms */
+        unsigned version;       /* RLMI version */
+        bool full_sent;         /* the full state went out */
+        bool dirty;             /* something changed since the last NOTIFY */
+        const char *end_reason; /* set: the next NOTIFY is the final one */
+        bool ended;             /* final NOTIFY sent (or failed) */
+        bool dead;              /* on the dead list, waiting for the reaper */
+};
+
+extern const struct daemon_hooks presence_hooks;
+
+int presence_new(struct daemon *d, struct presence **ret);
+int presence_start(struct presence *p);
+void presence_free(struct presence *p);
+
+/* "user@host" of a SIP URI (host lowercased), malloc'd; NULL when the URI has no host. */
+char *presence_uri_key(const url_t *url);
+
+/* The presentity for a key, created (with its entity URI) when create is true and the
+ * max-presentities limit allows; NULL otherwise. */
+struct presentity *presentity_get(struct presence *p, const char *key, bool create);
+/* Frees it when nothing refers to it any more (no publication, watcher, last activity). */
+void presentity_maybe_free(struct presentity *pr);
+/* The merged PIDF (built on first use). NULL on ENOMEM. */
+const char *presentity_pidf(struct presentity *pr);
+/* Rebuilds the merged document and tells every watcher. */
+void presentity_changed(struct presentity *pr);
+
+/* Does the body carry a Content-Encoding other than identity (we decode none)? */
+bool presence_body_encoded(const sip_t *sip);
+/* Does the Accept header (absent: yes) allow this type? */
+bool presence_accepts(const sip_t *sip, const char *type);
+
+/* publish.c */
+int publish_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip);
+void publication_free(struct publication *pub);
+
+/* subscribe.c */
+int subscribe_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip);
+/* A watched presentity changed: queue or send a NOTIFY. */
+void subscription_resource_changed(struct resource *res);
+/* Ends every subscription with a final NOTIFY (shutdown). */
+void subscriptions_terminate_all(struct presence *p, const char *reason);
+void subscription_free(struct subscription *sub);
+/* The reaper: frees ended subscriptions outside of sofia's callbacks. */
+void subscriptions_reap(struct presence *p);
+bool subscriptions_idle(struct presence *p);
