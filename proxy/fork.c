@@ -21,6 +21,19 @@
 #define REASON_CALL_COMPLETED  "SIP;cause=200;text=\"Call completed elsewhere\""
 #define REASON_BUSY_EVERYWHERE "SIP;cause=600;text=\"Busy Everywhere\""
 
+/* A contact URI for the logs: without its parameters, which may hold push tokens. */
+#define LOG_URI(uri) ((int)strcspn((uri), ";?")), (uri)
+
+/* A device id for the logs: an instance URN or a generated id as is; an id taken from another
+ * of unique-id-parameters (pn-tok is a push token) is not shown. */
+static const char *log_uid(const char *uid) {
+        if (!uid)
+                return "(none)";
+        if (uid[0] == '<' || strncmp(uid, "\"<", 2) == 0 || strncmp(uid, "gen-", 4) == 0)
+                return uid;
+        return "(id from a contact parameter)";
+}
+
 static const struct fork_config default_config = {
         .group_timeout_ms = 10 * 1000,
         .timer_c_ms = 185 * 1000,
@@ -383,7 +396,7 @@ static void branch_cancel(struct fork_branch *b, const char *reason) {
                 return;
         if (!nta_outgoing_tcancel(b->orq, NULL, NULL, TAG_IF(reason, SIPTAG_REASON_STR(reason)),
                                   TAG_END()))
-                log_debug("Failed to CANCEL branch '%s'.", b->uri);
+                log_debug("Failed to CANCEL branch '%.*s'.", LOG_URI(b->uri));
 }
 
 static void cancel_pending(struct fork *f, const char *reason) {
@@ -419,7 +432,8 @@ static void branch_final_inner(struct fork_branch *b, int status, const char *ph
         if (f->store_id && f->proxy->message_store && b->uid &&
             !(f->late && unreachable(status)) &&
             message_store_delivered(f->proxy->message_store, f->store_id, b->uid, status) < 0)
-                log_warning("Failed to record the delivery of a stored message to '%s'.", b->uid);
+                log_warning("Failed to record the delivery of a stored message to '%s'.",
+                            log_uid(b->uid));
         if (status < 300) {
                 if (!f->final_status)
                         send_upstream(f, status, phrase, msg);
@@ -458,7 +472,7 @@ static void on_timer_c(struct loop_timer *t, void *userdata) {
         struct fork *f = b->fork;
         log_set_sip_context(&f->origin.log_ctx);
         f->busy++;
-        log_info("Timer C fired on branch '%s'.", b->uri);
+        log_info("Timer C fired on branch '%.*s'.", LOG_URI(b->uri));
         if (b->status > 100 && !b->cancelled) {
                 /* §16.8: CANCEL it; its 487 counts as a 408. */
                 b->timer_c_fired = true;
@@ -485,7 +499,8 @@ static int on_branch_response(struct fork_branch *b, nta_outgoing_t *orq, const 
         f->busy++;
         if (nta_sip_is_internal(sip)) {
                 /* nta's own 408 (timeout) or 503 (transport error). */
-                log_info("Branch '%s': %d %s.", b->uri, status, sip->sip_status->st_phrase);
+                log_info("Branch '%.*s': %d %s.", LOG_URI(b->uri), status,
+                         sip->sip_status->st_phrase);
                 if (status >= 200)
                         branch_final(b, status,
                                      status == 408 ? sip_408_Request_timeout
@@ -538,7 +553,7 @@ void fork_branch_send(struct fork_branch *b, msg_t *msg) {
         b->orq = nta_outgoing_mcreate(p->agent, on_branch_response, b, NULL, msg, TAG_END());
         if (!b->orq) {
                 msg_destroy(msg);
-                log_info("Cannot send to '%s'.", b->uri);
+                log_info("Cannot send to '%.*s'.", LOG_URI(b->uri));
                 branch_final(b, SIP_503_SERVICE_UNAVAILABLE, NULL);
                 goto out;
         }
@@ -609,7 +624,7 @@ void fork_branch_chain_done(struct fork_branch *b) {
         f->busy++;
         b->in_chain = false;
         if (!b->sent && !b->done) {
-                log_debug("Branch '%s' left the chain unsent.", b->uri);
+                log_debug("Branch '%.*s' left the chain unsent.", LOG_URI(b->uri));
                 branch_final(b, SIP_480_TEMPORARILY_UNAVAILABLE, NULL);
         }
         f->busy--;
@@ -670,12 +685,12 @@ static void branch_dispatch(struct fork_branch *b) {
         b->queued = false;
         msg_t *msg = branch_message(f, b->uri, b->routes);
         if (!msg) {
-                log_warning("Cannot make a request for target '%s', skipping.", b->uri);
+                log_warning("Cannot make a request for target '%.*s', skipping.", LOG_URI(b->uri));
                 b->done = true;
                 b->status = 500;
                 return;
         }
-        log_debug("Branch to '%s'.", b->uri);
+        log_debug("Branch to '%.*s'.", LOG_URI(b->uri));
         b->in_chain = true;
         proxy_request_branch(f->proxy, &f->origin, b, msg);
 }
@@ -697,7 +712,7 @@ static struct fork_branch *start_branch(struct fork *f, const char *uri, const c
 }
 
 static void start_target(struct fork *f, const struct target *t) {
-        log_debug("Target '%s' (q=%u).", t->uri, t->q);
+        log_debug("Target '%.*s' (q=%u).", LOG_URI(t->uri), t->q);
         start_branch(f, t->uri, t->uid, t->routes);
 }
 
@@ -953,7 +968,7 @@ static void on_device_registered(const char *aor, const char *unique_id, void *u
         struct registrar *reg = proxy_registrar(p);
         if (!reg || !key_find(p->fork_index, aor))
                 return;
-        log_debug("Device '%s' of '%s' registered.", strna(unique_id), aor);
+        log_debug("Device '%s' of '%s' registered.", log_uid(unique_id), aor);
         struct registrar_store *s = registrar_get_store(reg);
         int r = s->ops->fetch(s, aor, on_device_fetched, p);
         if (r < 0)
@@ -1155,7 +1170,7 @@ static void late_register_one(struct fork *f, const struct registrar_record *rec
                 }
                 struct fork_branch *b = current_branch(f, bd->unique_id);
                 if (!b) {
-                        log_info("Device '%s' of '%s' registered: new branch.", bd->unique_id,
+                        log_info("Device '%s' of '%s' registered: new branch.", log_uid(bd->unique_id),
                                  f->aor);
                         start_branch(f, bd->contact, bd->unique_id, bd->path);
                 } else if (b->queued) {
@@ -1175,12 +1190,12 @@ static void late_register_one(struct fork *f, const struct registrar_record *rec
                         if (!unreachable(b->status))
                                 continue; /* it answered */
                         log_info("Device '%s' of '%s' registered again: sending again.",
-                                 bd->unique_id, f->aor);
+                                 log_uid(bd->unique_id), f->aor);
                         b->superseded = true;
                         start_branch(f, bd->contact, bd->unique_id, bd->path);
                 } else if (b->status <= 100 && !registrar_uri_equal(b->uri, bd->contact)) {
                         /* Silent, and it moved (new connection, new address). */
-                        log_info("Device '%s' of '%s' moved: sending again.", bd->unique_id,
+                        log_info("Device '%s' of '%s' moved: sending again.", log_uid(bd->unique_id),
                                  f->aor);
                         if (f->invite)
                                 branch_cancel(b, NULL);

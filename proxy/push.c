@@ -404,8 +404,9 @@ static enum module_result push_request(struct module *m, struct proxy_request *r
         if (r == -ENOENT)
                 return MODULE_CONTINUE;
         if (r < 0) {
-                log_warning_ratelimited("Unusable push parameters in '%s': %s, no push.",
-                                        fork_branch_uri(b), strerror(-r));
+                const char *uri = fork_branch_uri(b);
+                log_warning_ratelimited("Unusable push parameters in '%.*s': %s, no push.",
+                                        (int)strcspn(uri, ";?"), uri, strerror(-r));
                 push_target_done(&t);
                 return MODULE_CONTINUE;
         }

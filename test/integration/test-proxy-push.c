@@ -15,6 +15,7 @@
 #include "sipua.h"
 #include "testlib-h2.h"
 #include "testlib-jwt.h"
+#include "testlib-redis.h"
 #include "testlib.h"
 
 #define BEARER "proxy-to-pushd-secret"
@@ -26,12 +27,26 @@
 static struct tl_proxy proxy;
 static struct tl_daemon pushd;
 static struct tl_h2_server apns;
+static struct tl_redis redis;
 
-static void start_all(const char *push_extra) {
-        tl_h2_server_start(&apns, "apns", "apns", NULL, NULL);
+/* redis_port > 0: jobs go through pushd's Redis Stream and dead tokens come back on its
+ * channel; else through pushd's HTTP intake. */
+static void start_with(const char *push_extra, const char *apns_scenario, int redis_port) {
+        tl_h2_server_start(&apns, "apns", "apns", NULL, apns_scenario);
         _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
         int intake = tl_free_port();
-        _cleanup_free_ char *pconf = NULL, *conf = NULL;
+        _cleanup_free_ char *pconf = NULL, *conf = NULL, *redis_conf = NULL, *proxy_redis = NULL;
+        if (redis_port > 0) {
+                ck_assert_int_ge(asprintf(&redis_conf,
+                                          "[redis]\nserver=127.0.0.1:%d\nblock-time=500ms\n",
+                                          redis_port),
+                                 0);
+                ck_assert_int_ge(asprintf(&proxy_redis,
+                                          "redis-server-domain=127.0.0.1\n"
+                                          "redis-server-port=%d\n",
+                                          redis_port),
+                                 0);
+        }
         ck_assert_int_ge(asprintf(&pconf,
                                   "log-level=info\n"
                                   "[pushd]\n"
@@ -39,13 +54,14 @@ static void start_all(const char *push_extra) {
                                   "[http-intake]\n"
                                   "listen=127.0.0.1:%d\n"
                                   "bearer-token=" BEARER "\n"
+                                  "%s"
                                   "[apns]\n"
                                   "production-url=https://127.0.0.1:%d\n"
                                   "sandbox-url=https://127.0.0.1:%d/sandbox\n"
                                   "key-file=%s\n"
                                   "key-id=KEYID12345\n"
                                   "team-id=" TEAM "\n",
-                                  tl_h2_tls_dir(), intake, apns.port, apns.port, key),
+                                  tl_h2_tls_dir(), intake, strempty(redis_conf), apns.port, apns.port, key),
                          0);
         tl_daemon_start(&pushd, "pushd", pconf);
         ck_assert_int_eq(tl_wait_tcp(intake, 10000), 0);
@@ -61,10 +77,14 @@ static void start_all(const char *push_extra) {
                                   "enabled=true\n"
                                   "pushd-url=http://127.0.0.1:%d/v1/push\n"
                                   "pushd-bearer-token=" BEARER "\n"
-                                  "%s",
-                                  intake, push_extra ? push_extra : ""),
+                                  "%s%s",
+                                  intake, strempty(proxy_redis), push_extra ? push_extra : ""),
                          0);
         tl_proxy_start(&proxy, conf);
+}
+
+static void start_all(const char *push_extra) {
+        start_with(push_extra, NULL, 0);
 }
 
 static void stop_all(void) {
@@ -205,6 +225,46 @@ START_TEST(test_push_not_sent_when_device_answers) {
 }
 END_TEST
 
+static size_t bindings_of_bob(void) {
+        json_t *j = tl_ctl(proxy.sock, "REGISTRAR_GET sip:bob@localhost");
+        size_t n = json_array_size(json_object_get(j, "contacts"));
+        json_decref(j);
+        return n;
+}
+
+/* Through pushd's Redis Stream: APNs answers 410 Unregistered for bob's token; pushd
+ * publishes the dead token and the proxy removes bob's binding. */
+START_TEST(test_push_dead_token_removes_binding) {
+        struct tl_ua bob, alice;
+        tl_redis_start(&redis, NULL);
+        start_with(NULL,
+                   "{\"tokens\":{\"" REMOTE "\":[{\"status\":410,\"reason\":\"Unregistered\"}]}}",
+                   redis.port);
+        open_bob(&bob);
+        tl_ua_open(&alice, "alice", NULL, proxy.port);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        ck_assert_uint_eq(bindings_of_bob(), 1);
+        tl_ua_close(&bob);
+
+        /* The proxy's Redis link may still be coming up: wait for the job to be accepted. */
+        ck_assert_int_eq(tl_ua_message(&alice, "bob", NULL, "are you there", NULL, NULL, 0), 202);
+        json_t *recs = tl_h2_server_wait(&apns, 1, 10000);
+        ck_assert_str_eq(json_string_value(json_object_get(json_array_get(recs, 0), "path")),
+                         "/3/device/" REMOTE);
+        json_decref(recs);
+        for (int i = 0; i < 100 && bindings_of_bob() > 0; i++)
+                usleep(50 * 1000);
+        ck_assert_uint_eq(bindings_of_bob(), 0);
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::PushNotification/count-dead-tokens"), 1);
+        _cleanup_free_ char *log = tl_log(&proxy.proc);
+        ck_assert_msg(!strstr(log, REMOTE), "the proxy logged a push token");
+
+        tl_ua_close(&alice);
+        stop_all();
+        tl_redis_stop(&redis);
+}
+END_TEST
+
 static Suite *push_suite(void) {
         Suite *s = suite_create("proxy-push");
         TCase *tc = tcase_create("flow");
@@ -212,6 +272,7 @@ static Suite *push_suite(void) {
         tcase_add_test(tc, test_push_call_wakes_device);
         tcase_add_test(tc, test_push_message_wakes_device);
         tcase_add_test(tc, test_push_not_sent_when_device_answers);
+        tcase_add_test(tc, test_push_dead_token_removes_binding);
         suite_add_tcase(s, tc);
         return s;
 }
