@@ -565,3 +565,28 @@ char *tl_tls_dir(const char *name, const char *subject_alt_name) {
         fclose(f);
         return TAKE_PTR(dir);
 }
+
+void tl_tls_client_cert(const char *dir, const char *name, const char *cn,
+                        const char *subject_alt_name) {
+        _cleanup_free_ char *ca_key = NULL, *ca_pem = NULL, *key = NULL, *csr = NULL,
+                            *crt = NULL, *ext = NULL, *subj = NULL;
+        ck_assert_int_ge(asprintf(&ca_key, "%s/ca.key", dir), 0);
+        ck_assert_int_ge(asprintf(&ca_pem, "%s/cafile.pem", dir), 0);
+        ck_assert_int_ge(asprintf(&key, "%s/%s.key", dir, name), 0);
+        ck_assert_int_ge(asprintf(&csr, "%s/%s.csr", dir, name), 0);
+        ck_assert_int_ge(asprintf(&crt, "%s/%s.crt", dir, name), 0);
+        ck_assert_int_ge(asprintf(&ext, "%s/%s.ext", dir, name), 0);
+        ck_assert_int_ge(asprintf(&subj, "/CN=%s", cn), 0);
+        FILE *f = fopen(ext, "we");
+        ck_assert_ptr_nonnull(f);
+        fputs("extendedKeyUsage=clientAuth\n", f);
+        if (subject_alt_name)
+                fprintf(f, "subjectAltName=%s\n", subject_alt_name);
+        fclose(f);
+        run_openssl((const char *[]){"req", "-newkey", "ec", "-pkeyopt",
+                                     "ec_paramgen_curve:prime256v1", "-nodes", "-subj", subj,
+                                     "-keyout", key, "-out", csr, NULL});
+        run_openssl((const char *[]){"x509", "-req", "-in", csr, "-CA", ca_pem, "-CAkey", ca_key,
+                                     "-CAcreateserial", "-days", "2", "-extfile", ext, "-out",
+                                     crt, NULL});
+}
