@@ -102,6 +102,7 @@ static int client_at(const char *addr, const char *const *args) {
         _cleanup_free_ char *log = tl_log(&p);
         if (status != 0)
                 fprintf(stderr, "sip-digest.py %s: status %d\n%s\n", args[0], status, log);
+        free(p.log);
         return status;
 }
 
