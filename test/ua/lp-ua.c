@@ -42,6 +42,7 @@ struct ua_options {
         const char *proxy;
         const char *ca_file;
         const char *call_uri;
+        const char *password;
         int expires;
         int sip_port;
         int rtp_port;
@@ -251,6 +252,7 @@ static void usage(FILE *f) {
               "  --answer           answer one incoming call, exit when it ends\n"
               "  --max-time N       give up after N seconds, exit status 3 (default 30)\n"
               "  --verbose          liblinphone's debug log on stderr\n"
+              "  --password PW      answer digest challenges as the identity's user with PW\n"
               "Without --call or --answer: stay registered until SIGTERM, then unregister.\n"
               "Events go to stdout, one per line: event=NAME key=value...\n",
               f);
@@ -279,7 +281,8 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 OPT_ANSWER,
                 OPT_MAX_TIME,
                 OPT_VERBOSE,
-                OPT_HELP
+                OPT_HELP,
+                OPT_PASSWORD,
         };
         static const struct option options[] = {
                 {"identity", required_argument, NULL, OPT_IDENTITY},
@@ -294,6 +297,7 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 {"max-time", required_argument, NULL, OPT_MAX_TIME},
                 {"verbose", no_argument, NULL, OPT_VERBOSE},
                 {"help", no_argument, NULL, OPT_HELP},
+                {"password", required_argument, NULL, OPT_PASSWORD},
                 {0},
         };
         *o = (struct ua_options){.expires = 60, .duration_s = 3, .max_time_s = 30};
@@ -332,6 +336,9 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                         break;
                 case OPT_VERBOSE:
                         o->verbose = true;
+                        break;
+                case OPT_PASSWORD:
+                        o->password = optarg;
                         break;
                 case OPT_HELP:
                         usage(stdout);
@@ -557,6 +564,20 @@ static int add_account(struct ua *ua) {
                 goto out;
         }
         linphone_core_set_default_account(core, ua->account);
+        if (ua->o.password) {
+                const LinphoneAddress *id =
+                        linphone_account_params_get_identity_address(params);
+                LinphoneAuthInfo *info = linphone_factory_create_auth_info(
+                        linphone_factory_get(), linphone_address_get_username(id), NULL,
+                        ua->o.password, NULL, NULL, linphone_address_get_domain(id));
+                if (!info) {
+                        fprintf(stderr, "lp-ua: cannot make the credentials\n");
+                        r = -EINVAL;
+                        goto out;
+                }
+                linphone_core_add_auth_info(core, info);
+                linphone_auth_info_unref(info);
+        }
         r = 0;
 out:
         linphone_account_params_unref(params);
