@@ -443,6 +443,47 @@ START_TEST(test_accounts_sqlite_errors) {
 }
 END_TEST
 
+START_TEST(test_accounts_parse_crlf_and_garbage) {
+        static const char text[] = "version:1\r\n"
+                                   "alice@example.org clrtxt:secret ; alice-id +1555\r\n"
+                                   "  # indented comment\r\n"
+                                   "bob@example.org sha256:"
+                                   "0000000000000000000000000000000000000000000000000000000000000000"
+                                   " ;";
+        struct account_table *t = NULL;
+        char **errors = NULL;
+        ck_assert_int_eq(account_table_parse("crlf", text, sizeof text - 1, &errors, &t), 0);
+        ck_assert_ptr_null(errors);
+        ck_assert_uint_eq(account_table_size(t), 2);
+        const struct account_secret *a = account_table_find(t, "+1555", "example.org", "alice-id");
+        ck_assert_ptr_nonnull(a);
+        ck_assert_str_eq(a->user, "alice");
+        ck_assert_str_eq(a->clrtxt, "secret");
+        ck_assert_ptr_null(account_table_find(t, "alice", "example.org", "alice"));
+        ck_assert_ptr_nonnull(account_table_find(t, "bob", "EXAMPLE.ORG", NULL));
+        account_table_free(t);
+
+        /* Random bytes: every call returns, every complaint names its line. */
+        unsigned seed = 12345;
+        for (int round = 0; round < 300; round++) {
+                char buf[256];
+                size_t len = (size_t)(rand_r(&seed) % sizeof buf);
+                for (size_t i = 0; i < len; i++) {
+                        int k = rand_r(&seed) % 12;
+                        buf[i] = k == 0 ? '\n' : k == 1 ? ';' : k == 2 ? '@' : k == 3 ? ':'
+                                 : k == 4 ? ' ' : k == 5 ? 0 : (char)rand_r(&seed);
+                }
+                t = NULL;
+                errors = NULL;
+                ck_assert_int_eq(account_table_parse("rnd", buf, len, &errors, &t), 0);
+                STRV_FOREACH(e, errors)
+                        ck_assert_msg(strncmp(*e, "rnd:", 4) == 0, "'%s'", *e);
+                strv_free(errors);
+                account_table_free(t);
+        }
+}
+END_TEST
+
 static Suite *accounts_suite(void) {
         Suite *s = suite_create("accounts");
         TCase *tc = tcase_create("digest");
@@ -456,6 +497,7 @@ static Suite *accounts_suite(void) {
         tcase_add_test(tc, test_accounts_broken_lines_skipped);
         tcase_add_test(tc, test_accounts_reload_on_change_and_request);
         tcase_add_test(tc, test_accounts_sqlite_errors);
+        tcase_add_test(tc, test_accounts_parse_crlf_and_garbage);
         suite_add_tcase(s, tc);
         return s;
 }
