@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <libgen.h>
+#include <mysql.h>
+#include <errmsg.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdarg.h>
@@ -499,6 +501,7 @@ struct worker {
         bool started;
         sqlite3 *db;
         sqlite3_stmt *stmt;
+        MYSQL *my;
 };
 
 struct cache_entry {
@@ -510,6 +513,7 @@ struct cache_entry {
 struct account_store {
         struct account_store_config cfg;
         char *file_path, *database_path, *request;
+        struct mysql_params *mysql;
         bool uses_authid;
         struct loop *loop;
         struct account_table *table;
@@ -532,6 +536,259 @@ struct account_store {
         struct strmap *cache;
         bool reload_pending;
 };
+
+/* ---- MariaDB / MySQL ---- */
+
+struct mysql_params {
+        char *db, *user, *password, *host, *unix_socket;
+        unsigned port;
+};
+
+static void mysql_params_free(struct mysql_params *p) {
+        if (!p)
+                return;
+        free(p->db);
+        free(p->user);
+        if (p->password) {
+                explicit_bzero(p->password, strlen(p->password));
+                free(p->password);
+        }
+        free(p->host);
+        free(p->unix_socket);
+        free(p);
+}
+
+/* "key=value key='quoted value'..." as in the reference's soci-connection-string. */
+static int mysql_params_parse(const char *s, struct mysql_params **ret, char **error) {
+        struct mysql_params *p = calloc(1, sizeof *p);
+        if (!p)
+                return -ENOMEM;
+        int r = 0;
+        while (s && *s && r == 0) {
+                while (isspace((unsigned char)*s))
+                        s++;
+                if (!*s)
+                        break;
+                const char *eq = strchr(s, '=');
+                if (!eq) {
+                        r = -EINVAL;
+                        break;
+                }
+                _cleanup_free_ char *key = strndup(s, (size_t)(eq - s));
+                const char *v = eq + 1, *end;
+                _cleanup_free_ char *value = NULL;
+                if (*v == '\'') {
+                        end = strchr(v + 1, '\'');
+                        if (!end) {
+                                r = -EINVAL;
+                                break;
+                        }
+                        value = strndup(v + 1, (size_t)(end - v - 1));
+                        s = end + 1;
+                } else {
+                        end = v + strcspn(v, " \t");
+                        value = strndup(v, (size_t)(end - v));
+                        s = end;
+                }
+                if (!key || !value) {
+                        r = -ENOMEM;
+                        break;
+                }
+                char **slot = NULL;
+                if (streq(key, "db") || streq(key, "dbname"))
+                        slot = &p->db;
+                else if (streq(key, "user"))
+                        slot = &p->user;
+                else if (streq(key, "password") || streq(key, "pass"))
+                        slot = &p->password;
+                else if (streq(key, "host"))
+                        slot = &p->host;
+                else if (streq(key, "unix_socket"))
+                        slot = &p->unix_socket;
+                else if (streq(key, "port")) {
+                        char *e;
+                        unsigned long port = strtoul(value, &e, 10);
+                        if (*e || port == 0 || port > 65535)
+                                r = -EINVAL;
+                        p->port = (unsigned)port;
+                        continue;
+                } else {
+                        if (error && asprintf(error, "unknown connection-string key '%s'", key) < 0)
+                                *error = NULL;
+                        mysql_params_free(p);
+                        return -EINVAL;
+                }
+                free(*slot);
+                *slot = TAKE_PTR(value);
+        }
+        if (r < 0) {
+                if (r == -EINVAL && error)
+                        *error = strdup("bad connection string (key=value or key='value' pairs)");
+                mysql_params_free(p);
+                return r;
+        }
+        *ret = p;
+        return 0;
+}
+
+static int mysql_connect(const struct mysql_params *p, MYSQL **ret, char **error) {
+        MYSQL *my = mysql_init(NULL);
+        if (!my)
+                return -ENOMEM;
+        unsigned timeout = 5;
+        mysql_options(my, MYSQL_OPT_CONNECT_TIMEOUT, &timeout);
+        mysql_options(my, MYSQL_OPT_READ_TIMEOUT, &timeout);
+        mysql_options(my, MYSQL_OPT_WRITE_TIMEOUT, &timeout);
+        mysql_options(my, MYSQL_SET_CHARSET_NAME, "utf8mb4");
+        if (!mysql_real_connect(my, p->host, p->user, p->password, p->db, p->port,
+                                p->unix_socket, 0)) {
+                if (error && asprintf(error, "cannot connect to the database: %s",
+                                      mysql_error(my)) < 0)
+                        *error = NULL;
+                mysql_close(my);
+                return -EIO;
+        }
+        *ret = my;
+        return 0;
+}
+
+/* The request with :id, :domain and :authid replaced by quoted, escaped values. */
+static char *mysql_request(MYSQL *my, const char *request, const char *user, const char *domain,
+                           const char *authid) {
+        struct {
+                const char *name;
+                const char *value;
+        } params[] = {{":authid", authid}, {":domain", domain}, {":id", user}};
+        size_t cap = strlen(request) + 1;
+        for (size_t i = 0; i < ELEMENTSOF(params); i++)
+                cap += 3 * (2 * strlen(params[i].value) + 3);
+        char *out = malloc(cap), *o = out;
+        if (!out)
+                return NULL;
+        for (const char *r = request; *r;) {
+                bool done = false;
+                for (size_t i = 0; i < ELEMENTSOF(params) && *r == ':'; i++) {
+                        size_t n = strlen(params[i].name);
+                        if (strncmp(r, params[i].name, n) != 0 || isalnum((unsigned char)r[n]) ||
+                            r[n] == '_')
+                                continue;
+                        if ((size_t)(o - out) + 2 * strlen(params[i].value) + 3 >= cap) {
+                                free(out);
+                                return NULL; /* more placeholders than budgeted */
+                        }
+                        *o++ = '\'';
+                        o += mysql_real_escape_string(my, o, params[i].value,
+                                                      strlen(params[i].value));
+                        *o++ = '\'';
+                        r += n;
+                        done = true;
+                        break;
+                }
+                if (!done) {
+                        if ((size_t)(o - out) + 1 >= cap) {
+                                free(out);
+                                return NULL;
+                        }
+                        *o++ = *r++;
+                }
+        }
+        *o = 0;
+        return out;
+}
+
+static int mysql_run(MYSQL *my, const char *request, const char *user, const char *domain,
+                     const char *authid, MYSQL_RES **ret) {
+        _cleanup_free_ char *q = mysql_request(my, request, user, domain, authid);
+        if (!q)
+                return -ENOMEM;
+        if (mysql_real_query(my, q, strlen(q)) != 0)
+                return -EIO;
+        MYSQL_RES *res = mysql_store_result(my);
+        if (!res)
+                return -EIO;
+        *ret = res;
+        return 0;
+}
+
+static int mysql_lookup(struct worker *w, const char *request, bool uses_authid,
+                        const struct mysql_params *params, const char *user, const char *domain,
+                        const char *authid, struct account_secret **ret) {
+        _cleanup_(secret_freep) struct account_secret *s = calloc(1, sizeof *s);
+        MYSQL_RES *res = NULL;
+        int r;
+        bool any = false;
+        *ret = NULL;
+        if (!s)
+                return -ENOMEM;
+        if (!authid)
+                authid = user;
+        if (!uses_authid && !streq(authid, user))
+                return 0;
+        r = w->my ? mysql_run(w->my, request, user, domain, authid, &res) : -EIO;
+        if (r == -EIO && (!w->my || mysql_errno(w->my) == CR_SERVER_GONE_ERROR ||
+                          mysql_errno(w->my) == CR_SERVER_LOST)) {
+                /* The server went away (restart, idle timeout): one new connection. */
+                mysql_close(w->my);
+                w->my = NULL;
+                if (mysql_connect(params, &w->my, NULL) == 0)
+                        r = mysql_run(w->my, request, user, domain, authid, &res);
+        }
+        if (r < 0) {
+                log_debug("Password request failed: %s", w->my ? mysql_error(w->my) : "no connection");
+                return r;
+        }
+        unsigned nf = mysql_num_fields(res);
+        for (MYSQL_ROW row; (row = mysql_fetch_row(res));) {
+                const char *pw = row[0];
+                const char *algo = nf > 1 ? row[1] : "CLRTXT";
+                if (!pw || !algo)
+                        continue;
+                char **slot = NULL;
+                if (strcaseeq(algo, "CLRTXT"))
+                        slot = &s->clrtxt;
+                else {
+                        int a = digest_algorithm_from_name(algo);
+                        if (a >= 0 && valid_hex(pw, digest_hex_len(a)))
+                                slot = &s->ha1[a];
+                }
+                if (!slot || *slot)
+                        continue;
+                if (!(*slot = strdup(pw))) {
+                        mysql_free_result(res);
+                        return -ENOMEM;
+                }
+                if (slot != &s->clrtxt)
+                        for (char *c = *slot; *c; c++)
+                                *c = (char)tolower((unsigned char)*c);
+                any = true;
+        }
+        mysql_free_result(res);
+        if (!any)
+                return 0;
+        if (!(s->user = strdup(user)) || !(s->domain = strdup(domain)) ||
+            !(s->auth_user = strdup(authid)))
+                return -ENOMEM;
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+/* At start: the request must name :id and run (with empty values) without an error. */
+static int mysql_check(struct worker *w, const char *request, char **error) {
+        if (!request_uses(request, ":id")) {
+                if (error)
+                        *error = strdup("the password request must use :id and return "
+                                        "(password, algorithm)");
+                return -EINVAL;
+        }
+        MYSQL_RES *res = NULL;
+        if (mysql_run(w->my, request, "", "", "", &res) < 0) {
+                if (error && asprintf(error, "bad password request: %s", mysql_error(w->my)) < 0)
+                        *error = NULL;
+                return -EINVAL;
+        }
+        mysql_free_result(res);
+        return 0;
+}
 
 static void job_free(struct job *j) {
         if (!j)
@@ -569,8 +826,12 @@ static void run_job(struct worker *w, struct job *j) {
                 j->error = load_file(s->file_path, &j->errors, &j->table);
                 return;
         }
-        j->error = sqlite_lookup(w->db, w->stmt, s->uses_authid, j->user, j->domain, j->authid,
-                                 &j->result);
+        if (s->cfg.backend == ACCOUNT_BACKEND_MYSQL)
+                j->error = mysql_lookup(w, s->request, s->uses_authid, s->mysql, j->user,
+                                        j->domain, j->authid, &j->result);
+        else
+                j->error = sqlite_lookup(w->db, w->stmt, s->uses_authid, j->user, j->domain,
+                                         j->authid, &j->result);
 }
 
 static void signal_loop(struct account_store *s) {
@@ -588,6 +849,8 @@ static void push_done(struct account_store *s, struct job *j) {
 static void *worker_main(void *userdata) {
         struct worker *w = userdata;
         struct account_store *s = w->store;
+        if (s->cfg.backend == ACCOUNT_BACKEND_MYSQL)
+                mysql_thread_init();
         pthread_mutex_lock(&s->lock);
         for (;;) {
                 while (!s->stop && !s->queue_head)
@@ -606,7 +869,13 @@ static void *worker_main(void *userdata) {
                 signal_loop(s);
         }
         pthread_mutex_unlock(&s->lock);
+        if (s->cfg.backend == ACCOUNT_BACKEND_MYSQL)
+                mysql_thread_end();
         return NULL;
+}
+
+static void mysql_init_once(void) {
+        (void)mysql_library_init(0, NULL, NULL);
 }
 
 static void cache_store(struct account_store *s, const struct job *j) {
@@ -758,12 +1027,27 @@ int account_store_new(struct loop *l, const struct account_store_config *cfg, ch
                 if ((r = load_file(s->file_path, errors, &s->table)) < 0)
                         goto fail;
                 s->cfg.threads = 1; /* reloads only */
-        } else {
+        } else if (cfg->backend == ACCOUNT_BACKEND_SQLITE) {
                 if (!s->database_path || !s->request) {
                         r = -EINVAL;
                         goto fail;
                 }
                 s->uses_authid = request_uses(s->request, ":authid");
+        } else {
+                _cleanup_free_ char *error = NULL;
+                if (!s->request) {
+                        r = -EINVAL;
+                        goto fail;
+                }
+                s->uses_authid = request_uses(s->request, ":authid");
+                static pthread_once_t once = PTHREAD_ONCE_INIT;
+                pthread_once(&once, mysql_init_once);
+                r = mysql_params_parse(cfg->connection_string, &s->mysql, &error);
+                if (r < 0) {
+                        if (error && errors)
+                                (void)strv_extend(errors, error);
+                        goto fail;
+                }
         }
 
         s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -780,7 +1064,18 @@ int account_store_new(struct loop *l, const struct account_store_config *cfg, ch
         for (size_t i = 0; i < s->cfg.threads; i++) {
                 struct worker *w = &s->workers[i];
                 w->store = s;
-                if (cfg->backend == ACCOUNT_BACKEND_SQLITE) {
+                if (cfg->backend == ACCOUNT_BACKEND_MYSQL) {
+                        _cleanup_free_ char *error = NULL;
+                        r = mysql_connect(s->mysql, &w->my, &error);
+                        if (r >= 0 && i == 0)
+                                r = mysql_check(w, s->request, &error);
+                        if (r < 0) {
+                                if (error && errors)
+                                        (void)strv_extend(errors, error);
+                                s->n_workers = i + 1;
+                                goto fail;
+                        }
+                } else if (cfg->backend == ACCOUNT_BACKEND_SQLITE) {
                         _cleanup_free_ char *error = NULL;
                         r = sqlite_open(s->database_path, s->request, &w->db, &w->stmt, &error);
                         if (r < 0) {
@@ -821,8 +1116,11 @@ void account_store_free(struct account_store *s) {
                         pthread_join(w->thread, NULL);
                 sqlite3_finalize(w->stmt);
                 sqlite3_close(w->db);
+                if (w->my)
+                        mysql_close(w->my);
         }
         free(s->workers);
+        mysql_params_free(s->mysql);
         /* Finished lookups get their results; the others are cancelled. */
         struct job *done = take_done(s);
         for (struct job *j = s->queue_head; j; j = j->next)

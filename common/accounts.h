@@ -18,6 +18,11 @@
  * that designates the same account). A bad line is reported as "file:line: message" and
  * skipped; the other lines still count.
  *
+ * MariaDB/MySQL: the same request, run by each worker thread on its own connection (opened at
+ * start, opened again once when the server went away); the parameters are replaced by the
+ * values quoted with mysql_real_escape_string(). Use a binary (case-sensitive) collation for
+ * user names.
+ *
  * SQLite: the database file is opened read-only; the request is any SELECT whose rows are
  * (password, algorithm) with algorithm CLRTXT, MD5 or SHA-256 (a one-column result means
  * CLRTXT), with the named parameters :id (the From user, mandatory), :domain and :authid (the
@@ -55,6 +60,7 @@ int account_secret_ha1(const struct account_secret *s, enum digest_algorithm a, 
 enum account_backend {
         ACCOUNT_BACKEND_FILE,
         ACCOUNT_BACKEND_SQLITE,
+        ACCOUNT_BACKEND_MYSQL, /* MariaDB or MySQL through libmariadb */
 };
 
 /* Reports each (re)load of a password file: error < 0 when it could not be read at all (the
@@ -67,7 +73,10 @@ struct account_store_config {
         enum account_backend backend;
         const char *file_path;     /* file backend */
         const char *database_path; /* sqlite backend */
-        const char *request;       /* sqlite backend */
+        const char *request;       /* sqlite and mysql backends */
+        /* mysql backend: "db=sip user=proxy password='secret' host=db.example.org port=3306"
+         * or unix_socket=/run/mysqld/mysqld.sock instead of host and port. */
+        const char *connection_string;
         unsigned threads;          /* worker threads, >= 1 */
         size_t max_queue;          /* lookups waiting for a worker; beyond: -EAGAIN */
         uint64_t cache_expire_ms;  /* 0: no cache */

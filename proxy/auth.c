@@ -47,6 +47,7 @@ struct auth {
         char *file_path;
         char *database_path;
         char *password_request;
+        char *connection_string;
         int64_t db_threads, max_queue_size, cache_size, max_nonces;
         uint64_t nonce_expires_ms, cache_expire_ms;
         bool reject_wrong_client_certificates;
@@ -73,8 +74,8 @@ struct auth {
         struct stats_counter *count_domain_forbidden;
 };
 
-enum { DB_FILE, DB_SQLITE };
-static const char *const db_implementations[] = {"file", "sqlite", NULL};
+enum { DB_FILE, DB_SQLITE, DB_MYSQL };
+static const char *const db_implementations[] = {"file", "sqlite", "mysql", NULL};
 
 #define A(field) offsetof(struct auth, field)
 #define SECTION "module::Authentication"
@@ -91,7 +92,8 @@ static const struct conf_option auth_rows[] = {
          "Source addresses (or prefixes, 10.0.0.0/8) whose requests are never challenged: "
          "other proxies of the cluster, presence, conference and B2BUA servers"},
         {SECTION, "db-implementation", CONF_ENUM, A(db_implementation), "file", 0, 0, 0,
-         "Where accounts are: file (file-path) or sqlite (database-path, password-request)",
+         "Where accounts are: file (file-path), sqlite (database-path, password-request) or "
+         "mysql (MariaDB/MySQL: connection-string, password-request)",
          .choices = db_implementations},
         {SECTION, "file-path", CONF_STRING, A(file_path), NULL, 0, 0, 0,
          "Password file (version:1, then 'user@domain clrtxt:secret ;' lines; see README), "
@@ -104,6 +106,10 @@ static const struct conf_option auth_rows[] = {
          0, 0, 0,
          "SQL returning (password, algorithm in CLRTXT, MD5, SHA-256) rows; :id = identity "
          "user (mandatory), :domain = its domain, :authid = digest username"},
+        {SECTION, "connection-string", CONF_STRING, A(connection_string), NULL, 0, 0,
+         CONF_SECRET,
+         "MariaDB/MySQL server for db-implementation=mysql: db=NAME user=USER "
+         "password='...' host=HOST port=3306 (or unix_socket=PATH)"},
         {SECTION, "db-threads", CONF_INT, A(db_threads), "2", 1, 64, 0,
          "Threads running SQL lookups, so that the SIP loop never waits for the database"},
         {SECTION, "max-queue-size", CONF_INT, A(max_queue_size), "1000", 1, 1000000, 0,
@@ -699,12 +705,20 @@ static int auth_init(struct module *m) {
         if (a->db_implementation == DB_SQLITE && isempty(a->database_path))
                 return log_error_errno(EINVAL, "[" SECTION "] database-path is needed with "
                                                "db-implementation=sqlite.");
+        if (a->db_implementation == DB_MYSQL && isempty(a->connection_string))
+                return log_error_errno(EINVAL, "[" SECTION "] connection-string is needed with "
+                                               "db-implementation=mysql.");
+        static const enum account_backend backends[] = {
+                [DB_FILE] = ACCOUNT_BACKEND_FILE,
+                [DB_SQLITE] = ACCOUNT_BACKEND_SQLITE,
+                [DB_MYSQL] = ACCOUNT_BACKEND_MYSQL,
+        };
         struct account_store_config cfg = {
-                .backend = a->db_implementation == DB_FILE ? ACCOUNT_BACKEND_FILE
-                                                           : ACCOUNT_BACKEND_SQLITE,
+                .backend = backends[a->db_implementation],
                 .file_path = a->file_path,
                 .database_path = a->database_path,
                 .request = a->password_request,
+                .connection_string = a->connection_string,
                 .threads = (unsigned)a->db_threads,
                 .max_queue = (size_t)a->max_queue_size,
                 .cache_expire_ms = a->cache_expire_ms,
@@ -721,9 +735,8 @@ static int auth_init(struct module *m) {
                 else
                         log_error("%s", *e);
         if (r < 0)
-                return log_error_errno(r, "Failed to open the account store '%s': %m",
-                                       a->db_implementation == DB_FILE ? a->file_path
-                                                                       : a->database_path);
+                return log_error_errno(r, "Failed to open the account store (%s): %m",
+                                       db_implementations[a->db_implementation]);
         if (a->db_implementation == DB_FILE)
                 log_notice("Password file '%s': %zu accounts.", a->file_path,
                            account_store_n_accounts(a->store));
@@ -799,8 +812,9 @@ static void auth_done(struct module *m) {
 const struct module_desc module_auth = {
         .name = "Authentication",
         .section = SECTION,
-        .doc = "Digest authentication (MD5, SHA-256) against a password file or an SQLite "
-               "database, TLS client certificates, trusted hosts and brute-force bans.",
+        .doc = "Digest authentication (MD5, SHA-256) against a password file, an SQLite or a "
+               "MariaDB/MySQL database, TLS client certificates, trusted hosts and brute-force "
+               "bans.",
         .default_enabled = false,
         .state_size = sizeof(struct auth),
         .rows = auth_rows,

@@ -8,6 +8,8 @@ sipfleet_packages=(
         libcurl4-openssl-dev libsqlite3-dev libsystemd-dev
         # tests: Check, real servers and peers, unit verification
         check libsubunit-dev redis-server redis-tools sip-tester systemd liblinphone-dev
+        # auth: MariaDB/MySQL account store (client library; a real server and python3 for tests)
+        libmariadb-dev mariadb-server python3
 )
 
 sipfleet_install_deps() {

@@ -12,6 +12,7 @@
 
 #include "digest.h"
 #include "macro.h"
+#include "testlib-mariadb.h"
 #include "testlib.h"
 
 static struct tl_proxy proxy;
@@ -364,6 +365,52 @@ START_TEST(test_auth_sqlite_backend) {
 }
 END_TEST
 
+START_TEST(test_auth_mariadb_backend) {
+        struct tl_mariadb m;
+        tl_mariadb_start(&m);
+        char md5[DIGEST_HEX_MAX];
+        ck_assert_int_eq(digest_ha1(DIGEST_MD5, "sam", "example.org", "sampw", md5), 0);
+        _cleanup_free_ char *sql = NULL;
+        ck_assert_int_ge(
+                asprintf(&sql,
+                         "CREATE DATABASE sip CHARACTER SET utf8mb4 COLLATE utf8mb4_bin; USE sip;"
+                         "CREATE TABLE accounts (id INTEGER PRIMARY KEY, username VARCHAR(64) NOT"
+                         " NULL, domain VARCHAR(64) NOT NULL, activated INTEGER NOT NULL DEFAULT"
+                         " 1);"
+                         "CREATE TABLE passwords (id INTEGER PRIMARY KEY, account_id INTEGER NOT"
+                         " NULL, password VARCHAR(128) NOT NULL, algorithm VARCHAR(16) NOT NULL);"
+                         "INSERT INTO accounts VALUES (1, 'alice', 'example.org', 1),"
+                         " (2, 'sam', 'example.org', 1);"
+                         "INSERT INTO passwords VALUES (1, 1, 'alicepw', 'CLRTXT'),"
+                         " (2, 2, '%s', 'MD5');",
+                         md5),
+                0);
+        tl_mariadb_sql(&m, sql);
+        _cleanup_free_ char *extra = NULL;
+        ck_assert_int_ge(asprintf(&extra,
+                                  "db-implementation=mysql\n"
+                                  "connection-string=db=sip user=proxy password='s3cret' "
+                                  "unix_socket=%s\n",
+                                  m.sock),
+                         0);
+        start(extra);
+        ck_assert_int_eq(CLIENT("register", "--user", "alice", "--password", "alicepw",
+                                "--algorithm", "SHA-256", "--expect-algorithms", "SHA-256,MD5"),
+                         0);
+        ck_assert_int_eq(sipp("test/sipp/auth-register-200.xml", "sam", "sam", "sampw"), 0);
+        ck_assert_int_eq(sipp("test/sipp/auth-register-403.xml", "sam", "sam", "bad"), 0);
+        /* The connection string holds a password: never shown. */
+        json_t *j = tl_ctl(proxy.sock, "GET module::Authentication/connection-string");
+        char *text = json_dumps(j, 0);
+        ck_assert_ptr_null(strstr(text, "s3cret"));
+        free(text);
+        json_decref(j);
+        ck_assert_uint_eq(count_in_log("s3cret"), 0);
+        tl_proxy_done(&proxy);
+        tl_mariadb_stop(&m);
+}
+END_TEST
+
 /* ---- TLS client certificates ---- */
 
 static char *tls_dir;
@@ -473,6 +520,7 @@ static Suite *auth_suite(void) {
         tcase_add_test(tc, test_auth_cache_commands);
         tcase_add_test(tc, test_auth_password_file_reload);
         tcase_add_test(tc, test_auth_sqlite_backend);
+        tcase_add_test(tc, test_auth_mariadb_backend);
         suite_add_tcase(s, tc);
         tc = tcase_create("tls");
         tcase_add_checked_fixture(tc, setup, teardown_tls);

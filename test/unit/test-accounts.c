@@ -9,6 +9,7 @@
 #include "loop.h"
 #include "macro.h"
 #include "strmap.h"
+#include "testlib-mariadb.h"
 #include "testlib.h"
 
 /* ---- digest ---- */
@@ -143,6 +144,39 @@ static char *write_database(const char *name) {
         return path;
 }
 
+static char *connection_string;
+
+/* The same accounts in a real MariaDB: database "sip", binary collation (case-sensitive
+ * user names, as in the file and SQLite). */
+static void write_mariadb(struct tl_mariadb *m) {
+        make_hashes();
+        tl_mariadb_start(m);
+        _cleanup_free_ char *sql = NULL;
+        ck_assert_int_ge(
+                asprintf(&sql,
+                         "CREATE DATABASE sip CHARACTER SET utf8mb4 COLLATE utf8mb4_bin; USE sip;"
+                         "CREATE TABLE accounts (id INTEGER PRIMARY KEY, username VARCHAR(64) NOT"
+                         " NULL, domain VARCHAR(64) NOT NULL, activated INTEGER NOT NULL DEFAULT"
+                         " 1, auth_username VARCHAR(64), phone VARCHAR(64));"
+                         "CREATE TABLE passwords (id INTEGER PRIMARY KEY, account_id INTEGER NOT"
+                         " NULL, password VARCHAR(128) NOT NULL, algorithm VARCHAR(16) NOT NULL);"
+                         "INSERT INTO accounts VALUES (1, 'alice', 'example.org', 1, NULL, NULL),"
+                         " (2, 'bob', 'example.org', 1, NULL, NULL),"
+                         " (3, 'dave', 'example.org', 1, NULL, NULL),"
+                         " (4, 'carol', 'example.org', 1, 'carol-auth', '+33611'),"
+                         " (5, 'zed', 'example.org', 0, NULL, NULL);"
+                         "INSERT INTO passwords VALUES (1, 1, 'secret', 'CLRTXT'),"
+                         " (2, 2, '%s', 'MD5'), (3, 2, '%s', 'SHA-256'), (4, 3, '%s', 'MD5'),"
+                         " (5, 4, 'carolpw', 'CLRTXT'), (6, 5, 'zedpw', 'CLRTXT');",
+                         ha1_md5_bob, ha1_sha_bob, ha1_md5_dave),
+                0);
+        tl_mariadb_sql(m, sql);
+        free(connection_string);
+        ck_assert_int_ge(asprintf(&connection_string, "db=sip user=proxy password='a b' "
+                                                      "unix_socket=%s", m->sock),
+                         0);
+}
+
 struct fixture {
         struct event_base *base;
         struct loop *loop;
@@ -217,6 +251,7 @@ static void fixture_new(struct fixture *f, int backend, const char *path, bool w
                 .file_path = backend == ACCOUNT_BACKEND_FILE ? path : NULL,
                 .database_path = backend == ACCOUNT_BACKEND_SQLITE ? path : NULL,
                 .request = sql_request,
+                .connection_string = connection_string,
                 .threads = 2,
                 .max_queue = 100,
                 .cache_expire_ms = 60000,
@@ -242,11 +277,17 @@ struct row {
         const char *md5, *sha; /* expected HA1 at realm example.org: NULL = none, "" = any */
 };
 
-START_TEST(test_accounts_table_both_backends) {
-        const char *path = _i == 0 ? write_password_file("table.passwd")
-                                   : write_database("table.db");
+START_TEST(test_accounts_table_every_backend) {
+        struct tl_mariadb mdb = {0};
+        const char *path = NULL;
+        if (_i == ACCOUNT_BACKEND_FILE)
+                path = write_password_file("table.passwd");
+        else if (_i == ACCOUNT_BACKEND_SQLITE)
+                path = write_database("table.db");
+        else
+                write_mariadb(&mdb);
         struct fixture f;
-        fixture_new(&f, _i == 0 ? ACCOUNT_BACKEND_FILE : ACCOUNT_BACKEND_SQLITE, path, false);
+        fixture_new(&f, _i, path, false);
         ck_assert_ptr_null(f.errors);
         char alice_md5[DIGEST_HEX_MAX], alice_sha[DIGEST_HEX_MAX];
         ck_assert_int_eq(digest_ha1(DIGEST_MD5, "alice", "example.org", "secret", alice_md5), 0);
@@ -287,13 +328,36 @@ START_TEST(test_accounts_table_both_backends) {
                 if (!row->sha)
                         ck_assert_str_eq(w.sha, "");
         }
-        if (_i == 1) { /* a deactivated account is not found */
+        if (_i != ACCOUNT_BACKEND_FILE) { /* a deactivated account is not found */
                 struct waiter w;
                 lookup(&f, "zed", "example.org", NULL, &w);
                 ck_assert(!w.found);
         }
+        if (_i == ACCOUNT_BACKEND_MYSQL) {
+                /* A request the server refuses stops the start with its message. */
+                struct account_store *bad = NULL;
+                char **errors = NULL;
+                struct account_store_config cfg = {.backend = ACCOUNT_BACKEND_MYSQL,
+                                                   .connection_string = connection_string,
+                                                   .request = "select nope from nothing where "
+                                                              "x = :id",
+                                                   .threads = 1,
+                                                   .max_queue = 1};
+                ck_assert_int_eq(account_store_new(f.loop, &cfg, &errors, &bad), -EINVAL);
+                ck_assert_ptr_nonnull(strstr(errors[0], "bad password request"));
+                strv_free(errors);
+                /* The server restarts: the next lookup connects again. */
+                tl_mariadb_restart(&mdb);
+                struct waiter w;
+                lookup(&f, "bob", "example.org", NULL, &w);
+                ck_assert_int_eq(w.error, 0);
+                ck_assert(w.found);
+        }
         fixture_free(&f);
         free((char *)path);
+        tl_mariadb_stop(&mdb);
+        free(connection_string);
+        connection_string = NULL;
 }
 END_TEST
 
@@ -412,7 +476,7 @@ START_TEST(test_accounts_reload_on_change_and_request) {
 }
 END_TEST
 
-START_TEST(test_accounts_sqlite_errors) {
+START_TEST(test_accounts_sql_errors) {
         _cleanup_free_ char *path = write_database("errors.db");
         struct event_base *base = event_base_new();
         struct loop *l;
@@ -437,6 +501,26 @@ START_TEST(test_accounts_sqlite_errors) {
         cfg.database_path = "/nonexistent/dir/x.db";
         cfg.request = sql_request;
         ck_assert_int_eq(account_store_new(l, &cfg, &errors, &s), -EIO);
+        strv_free(errors);
+        errors = NULL;
+
+        /* MariaDB: a bad connection string, a server that is not there. */
+        cfg.backend = ACCOUNT_BACKEND_MYSQL;
+        cfg.connection_string = "db=sip colour=blue";
+        ck_assert_int_eq(account_store_new(l, &cfg, &errors, &s), -EINVAL);
+        ck_assert_ptr_nonnull(strstr(errors[0], "'colour'"));
+        strv_free(errors);
+        errors = NULL;
+        cfg.connection_string = "db=sip password='unterminated";
+        ck_assert_int_eq(account_store_new(l, &cfg, &errors, &s), -EINVAL);
+        strv_free(errors);
+        errors = NULL;
+        _cleanup_free_ char *nowhere = NULL;
+        ck_assert_int_ge(asprintf(&nowhere, "db=sip user=x unix_socket=%s/no.sock", tl_tmpdir()),
+                         0);
+        cfg.connection_string = nowhere;
+        ck_assert_int_eq(account_store_new(l, &cfg, &errors, &s), -EIO);
+        ck_assert_ptr_nonnull(strstr(errors[0], "cannot connect"));
         strv_free(errors);
         loop_free(l);
         event_base_free(base);
@@ -492,11 +576,11 @@ static Suite *accounts_suite(void) {
         tcase_add_test(tc, test_accounts_strmap_lru_bound);
         suite_add_tcase(s, tc);
         tc = tcase_create("store");
-        tcase_add_loop_test(tc, test_accounts_table_both_backends, 0, 2);
+        tcase_add_loop_test(tc, test_accounts_table_every_backend, 0, 3);
         tcase_add_test(tc, test_accounts_cache);
         tcase_add_test(tc, test_accounts_broken_lines_skipped);
         tcase_add_test(tc, test_accounts_reload_on_change_and_request);
-        tcase_add_test(tc, test_accounts_sqlite_errors);
+        tcase_add_test(tc, test_accounts_sql_errors);
         tcase_add_test(tc, test_accounts_parse_crlf_and_garbage);
         suite_add_tcase(s, tc);
         return s;
