@@ -551,6 +551,14 @@ static enum module_result auth_request(struct module *m, struct proxy_request *r
                         proxy_request_reply(req, 400, "Unsupported credentials", TAG_END());
                         return MODULE_STOP;
                 }
+                /* RFC 7616 §3.4.6: the credentials are for this request's URI. Some clients
+                 * (SIPp) name the server they send to instead: this proxy is accepted too. */
+                url_t *digest_uri = url_make(home, ar->ar_uri);
+                if (!digest_uri || (url_cmp(digest_uri, sip->sip_request->rq_url) != 0 &&
+                                    !proxy_is_us(req->proxy, digest_uri))) {
+                        proxy_request_reply(req, 400, "Credentials for another URI", TAG_END());
+                        return MODULE_STOP;
+                }
                 op.algo = r;
                 op.nc = nc;
                 authid = ar->ar_username;

@@ -182,6 +182,7 @@ def main():
     ap.add_argument("--expect", type=int, default=200)
     ap.add_argument("--wait", type=float, default=0)
     ap.add_argument("--method", default="REGISTER")
+    ap.add_argument("--digest-uri", help="uri= of the credentials (default: the Request-URI)")
     ap.add_argument("--tls", action="store_true")
     ap.add_argument("--ca")
     ap.add_argument("--cert")
@@ -233,6 +234,7 @@ def main():
 
     hname = "Authorization" if args.method == "REGISTER" else "Proxy-Authorization"
     uri = "sip:" + d if args.method == "REGISTER" else "sip:callee@" + d
+    uri = args.digest_uri or uri
 
     if args.mode == "plain":
         r = exchange(args.method)

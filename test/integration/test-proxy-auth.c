@@ -219,6 +219,12 @@ START_TEST(test_auth_invite_sha256) {
         ck_assert_int_eq(CLIENT("invite", "--method", "INVITE", "--user", "alice", "--password",
                                 "bad", "--algorithm", "SHA-256", "--expect", "403"),
                          0);
+        /* Right password, but computed for another Request-URI. */
+        ck_assert_int_eq(CLIENT("invite", "--method", "INVITE", "--user", "alice", "--password",
+                                "alicepw", "--digest-uri", "sip:someone-else@example.org",
+                                "--expect", "400"),
+                         0);
+        ck_assert_int_eq(counter("count-auth-failed"), 1);
 }
 END_TEST
 
