@@ -96,6 +96,7 @@ class Client:
         self.call_id = "c%d-%d@127.0.0.1" % (os.getpid(), time.monotonic_ns())
 
     def send(self, text):
+        self.last_sent = text
         data = text.encode()
         if self.tls:
             self.sock.sendall(data)
@@ -171,7 +172,8 @@ def credentials(ch, method, uri, user, password, nc=1, cnonce="0a4f113b"):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["register", "invite", "replay", "stale", "plain"])
+    ap.add_argument("mode", choices=["register", "invite", "replay", "stale", "plain",
+                                     "retransmit"])
     ap.add_argument("--proxy", required=True)
     ap.add_argument("--domain", default="example.org")
     ap.add_argument("--user", required=True, help="identity user (From)")
@@ -262,6 +264,20 @@ def main():
         if r.status != args.expect:
             fail("nonce reused with nc=2: expected %d, got %d %s" % (args.expect, r.status,
                                                                      r.phrase))
+    elif args.mode == "retransmit":
+        # A retransmission of the authenticated request (same branch) is the same transaction:
+        # answered again with the same final response, not taken for a replay.
+        ch = expect_challenge(exchange(args.method))
+        send(args.method, [hname + ": " + credentials(ch, args.method, uri, auth_user,
+                                                      args.password)])
+        first = c.final()
+        if first.status != args.expect:
+            fail("expected %d, got %d %s" % (args.expect, first.status, first.phrase))
+        c.send(c.last_sent)
+        again = c.final()
+        if again.status != first.status or again.get("to") != first.get("to"):
+            fail("retransmission answered %d %s (first %d)" % (again.status, again.phrase,
+                                                                first.status))
     elif args.mode == "stale":
         ch = expect_challenge(exchange(args.method))
         time.sleep(args.wait)
