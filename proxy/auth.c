@@ -283,25 +283,19 @@ static void fail(struct auth_op *op, const char *why) {
         stats_inc(a->count_auth_failed);
         log_info("Authentication of '%s@%s' from %s failed: %s.", op->user, op->domain,
                  op->has_source ? op->source : "?", why);
-        bool banned = false;
         snprintf(key, sizeof key, "account %s@%s", op->user, op->domain);
-        if (note_failure(a, key, now)) {
-                banned = true;
+        if (note_failure(a, key, now))
                 log_warning("Too many failed authentications for account '%s@%s' (last from "
                             "%s): refusing it for %" PRIu64 "s.",
                             op->user, op->domain, op->has_source ? op->source : "?",
                             a->ban_ms / 1000);
-        }
         if (op->has_source) {
                 snprintf(key, sizeof key, "source %s", op->source);
-                if (note_failure(a, key, now)) {
-                        banned = true;
+                if (note_failure(a, key, now))
                         log_warning("Too many failed authentications from %s (last for account "
                                     "'%s@%s'): refusing it for %" PRIu64 "s.",
                                     op->source, op->user, op->domain, a->ban_ms / 1000);
-                }
         }
-        (void)banned;
         proxy_request_reply(op->req, 403, "Forbidden", TAG_END());
 }
 
