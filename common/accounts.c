@@ -1,21 +1,18 @@
 /* SPDX-License-Identifier: MIT */
-/* The account store: password file and SQLite backends, a worker pool, a bounded cache. */
+/* The account store: secrets, the worker pool, the bounded cache, file watching. The backends
+ * are in accounts-file.c and accounts-sql.c. */
 #define LOG_SUBSYSTEM LOG_auth
 #include <ctype.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <libgen.h>
 #include <mysql.h>
-#include <errmsg.h>
 #include <pthread.h>
 #include <sqlite3.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
-#include <sys/stat.h>
 
-#include "accounts.h"
+#include "accounts-internal.h"
 #include "log.h"
 #include "loop.h"
 #include "macro.h"
@@ -81,402 +78,8 @@ int account_secret_ha1(const struct account_secret *s, enum digest_algorithm a, 
         return 0;
 }
 
-/* ---- password file ---- */
-
-struct account_table {
-        struct strmap *by_id; /* "user@domain" and "phone@domain" → secret (phones: not owned) */
-        struct account_secret **all;
-        size_t n;
-};
-
-void account_table_free(struct account_table *t) {
-        if (!t)
-                return;
-        strmap_free(t->by_id);
-        for (size_t i = 0; i < t->n; i++)
-                account_secret_free(t->all[i]);
-        free(t->all);
-        free(t);
-}
-
-static void account_table_freep(struct account_table **t) {
-        account_table_free(*t);
-}
-
-size_t account_table_size(const struct account_table *t) {
-        return t ? t->n : 0;
-}
-
-static char *key_of(const char *user, const char *domain) {
-        char *k;
-        if (asprintf(&k, "%s@%s", user, domain) < 0)
-                return NULL;
-        for (char *c = strchr(k, '@') + 1; *c; c++)
-                *c = (char)tolower((unsigned char)*c);
-        return k;
-}
-
-const struct account_secret *account_table_find(const struct account_table *t, const char *user,
-                                                const char *domain, const char *authid) {
-        if (!t || !user || !domain)
-                return NULL;
-        _cleanup_free_ char *k = key_of(user, domain);
-        const struct account_secret *s = k ? strmap_peek(t->by_id, k) : NULL;
-        if (!s || (authid && !streq(authid, s->auth_user)))
-                return NULL;
-        return s;
-}
-
-static bool valid_hex(const char *s, size_t len) {
-        if (strlen(s) != len)
-                return false;
-        for (; *s; s++)
-                if (!isxdigit((unsigned char)*s))
-                        return false;
-        return true;
-}
-
-static bool valid_token(const char *s) {
-        if (isempty(s))
-                return false;
-        for (; *s; s++)
-                if ((unsigned char)*s <= ' ' || *s == ';' || *s == '@' || *s == ':')
-                        return false;
-        return true;
-}
-
-static int add_error(char ***errors, const char *path, unsigned line, const char *fmt, ...)
-        _printf_(4, 5);
-static int add_error(char ***errors, const char *path, unsigned line, const char *fmt, ...) {
-        _cleanup_free_ char *msg = NULL, *full = NULL;
-        va_list ap;
-        va_start(ap, fmt);
-        int r = vasprintf(&msg, fmt, ap);
-        va_end(ap);
-        if (r < 0 || asprintf(&full, "%s:%u: %s", path, line, msg) < 0)
-                return -ENOMEM;
-        return strv_extend(errors, full);
-}
-
-static void secret_freep(struct account_secret **s) {
+void account_secret_freep(struct account_secret **s) {
         account_secret_free(*s);
-}
-
-/* One "identity algo:value... ; [authuser] [phone]" line into *ret; NULL and a message in
- * *error for a bad line. -ENOMEM only on allocation failure. */
-static int parse_line(char *line, struct account_secret **ret, const char **error) {
-        _cleanup_(secret_freep) struct account_secret *s = calloc(1, sizeof *s);
-        if (!s)
-                return -ENOMEM;
-        *ret = NULL;
-        char *semi = strchr(line, ';');
-        if (!semi) {
-                *error = "missing ';' after the passwords";
-                return 0;
-        }
-        *semi = 0;
-        char *save = NULL;
-        char *identity = strtok_r(line, " \t", &save);
-        char *at = identity ? strchr(identity, '@') : NULL;
-        if (!at || at == identity || !at[1]) {
-                *error = "expected user@domain first";
-                return 0;
-        }
-        *at = 0;
-        if (!valid_token(identity) || !valid_token(at + 1)) {
-                *error = "bad characters in the identity";
-                return 0;
-        }
-        if (!(s->user = strdup(identity)) || !(s->domain = strdup(at + 1)))
-                return -ENOMEM;
-        for (char *d = s->domain; *d; d++)
-                *d = (char)tolower((unsigned char)*d);
-        size_t n_pass = 0;
-        for (char *tok; (tok = strtok_r(NULL, " \t", &save));) {
-                char *colon = strchr(tok, ':');
-                if (!colon || !colon[1]) {
-                        *error = "expected algorithm:value (clrtxt, md5, sha256)";
-                        return 0;
-                }
-                *colon = 0;
-                const char *value = colon + 1;
-                char **slot;
-                if (strcaseeq(tok, "clrtxt"))
-                        slot = &s->clrtxt;
-                else if (strcaseeq(tok, "md5")) {
-                        if (!valid_hex(value, 32)) {
-                                *error = "md5: needs 32 hexadecimal digits";
-                                return 0;
-                        }
-                        slot = &s->ha1[DIGEST_MD5];
-                } else if (strcaseeq(tok, "sha256") || strcaseeq(tok, "sha-256")) {
-                        if (!valid_hex(value, 64)) {
-                                *error = "sha256: needs 64 hexadecimal digits";
-                                return 0;
-                        }
-                        slot = &s->ha1[DIGEST_SHA256];
-                } else {
-                        *error = "unknown algorithm (clrtxt, md5, sha256)";
-                        return 0;
-                }
-                if (*slot) {
-                        *error = "the same algorithm twice";
-                        return 0;
-                }
-                if (!(*slot = strdup(value)))
-                        return -ENOMEM;
-                if (slot != &s->clrtxt)
-                        for (char *c = *slot; *c; c++)
-                                *c = (char)tolower((unsigned char)*c);
-                n_pass++;
-        }
-        if (n_pass == 0) {
-                *error = "no password";
-                return 0;
-        }
-        save = NULL;
-        char *auth_user = strtok_r(semi + 1, " \t", &save);
-        char *phone = auth_user ? strtok_r(NULL, " \t", &save) : NULL;
-        if (phone && strtok_r(NULL, " \t", &save)) {
-                *error = "more than an auth user and a phone alias after ';'";
-                return 0;
-        }
-        if ((auth_user && !valid_token(auth_user)) || (phone && !valid_token(phone))) {
-                *error = "bad characters after ';'";
-                return 0;
-        }
-        if (!(s->auth_user = strdup(auth_user ? auth_user : s->user)) ||
-            (phone && !(s->phone = strdup(phone))))
-                return -ENOMEM;
-        *ret = TAKE_PTR(s);
-        return 0;
-}
-
-int account_table_parse(const char *path, const char *text, size_t len, char ***errors,
-                        struct account_table **ret) {
-        _cleanup_(account_table_freep) struct account_table *t = calloc(1, sizeof *t);
-        size_t n_lines = 1, cap = 0;
-        unsigned lineno = 0;
-        bool version_seen = false;
-        int r;
-        if (!t)
-                return -ENOMEM;
-        for (size_t i = 0; i < len; i++)
-                n_lines += text[i] == '\n';
-        if ((r = strmap_new(MAX(n_lines * 2, (size_t)1), NULL, &t->by_id)) < 0)
-                return r;
-        for (size_t pos = 0; pos < len;) {
-                const char *nl = memchr(text + pos, '\n', len - pos);
-                size_t end = nl ? (size_t)(nl - text) : len;
-                _cleanup_free_ char *line = strndup(text + pos, end - pos);
-                pos = end + 1;
-                lineno++;
-                if (!line)
-                        return -ENOMEM;
-                char *l = line;
-                while (isspace((unsigned char)*l))
-                        l++;
-                for (char *e = l + strlen(l); e > l && isspace((unsigned char)e[-1]);)
-                        *--e = 0;
-                if (!*l || *l == '#')
-                        continue;
-                if (!version_seen && strncmp(l, "version:", 8) == 0) {
-                        version_seen = true;
-                        if (!streq(l + 8, "1") &&
-                            (r = add_error(errors, path, lineno,
-                                           "unknown version '%s', reading it as version 1",
-                                           l + 8)) < 0)
-                                return r;
-                        continue;
-                }
-                struct account_secret *s = NULL;
-                const char *error = NULL;
-                if ((r = parse_line(l, &s, &error)) < 0)
-                        return r;
-                if (!s) {
-                        if ((r = add_error(errors, path, lineno, "%s, line skipped", error)) < 0)
-                                return r;
-                        continue;
-                }
-                _cleanup_free_ char *k = key_of(s->user, s->domain);
-                _cleanup_free_ char *kp = s->phone ? key_of(s->phone, s->domain) : NULL;
-                if (!k || (s->phone && !kp)) {
-                        account_secret_free(s);
-                        return -ENOMEM;
-                }
-                if (strmap_peek(t->by_id, k)) {
-                        r = add_error(errors, path, lineno,
-                                      "'%s@%s' already defined, line skipped", s->user,
-                                      s->domain);
-                        account_secret_free(s);
-                        if (r < 0)
-                                return r;
-                        continue;
-                }
-                if (t->n == cap) {
-                        size_t ncap = cap ? cap * 2 : 16;
-                        struct account_secret **na = realloc(t->all, ncap * sizeof *na);
-                        if (!na) {
-                                account_secret_free(s);
-                                return -ENOMEM;
-                        }
-                        t->all = na;
-                        cap = ncap;
-                }
-                t->all[t->n++] = s;
-                if ((r = strmap_put(t->by_id, k, s)) < 0)
-                        return r;
-                if (kp && !strmap_peek(t->by_id, kp) && (r = strmap_put(t->by_id, kp, s)) < 0)
-                        return r;
-        }
-        *ret = TAKE_PTR(t);
-        return 0;
-}
-
-static int read_file(const char *path, char **ret, size_t *len) {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        struct stat st;
-        if (fd < 0)
-                return -errno;
-        if (fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode))
-                return -EINVAL;
-        if (st.st_size > 256 << 20)
-                return -EFBIG;
-        _cleanup_free_ char *buf = malloc((size_t)st.st_size + 1);
-        size_t n = 0;
-        if (!buf)
-                return -ENOMEM;
-        while (n < (size_t)st.st_size) {
-                ssize_t k = read(fd, buf + n, (size_t)st.st_size - n);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k < 0)
-                        return -errno;
-                if (k == 0)
-                        break;
-                n += (size_t)k;
-        }
-        buf[n] = 0;
-        *len = n;
-        *ret = TAKE_PTR(buf);
-        return 0;
-}
-
-static int load_file(const char *path, char ***errors, struct account_table **ret) {
-        _cleanup_free_ char *text = NULL;
-        size_t len = 0;
-        int r = read_file(path, &text, &len);
-        if (r < 0)
-                return r;
-        return account_table_parse(path, text, len, errors, ret);
-}
-
-/* ---- SQLite ---- */
-
-static bool request_uses(const char *request, const char *param) {
-        size_t n = strlen(param);
-        for (const char *p = strstr(request, param); p; p = strstr(p + 1, param))
-                if (!isalnum((unsigned char)p[n]) && p[n] != '_')
-                        return true;
-        return false;
-}
-
-static int sqlite_open(const char *path, const char *request, sqlite3 **db_ret,
-                       sqlite3_stmt **stmt_ret, char **error) {
-        sqlite3 *db = NULL;
-        sqlite3_stmt *stmt = NULL;
-        int rc = sqlite3_open_v2(path, &db,
-                                 SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
-        if (rc != SQLITE_OK) {
-                if (error && asprintf(error, "cannot open '%s': %s", path,
-                                      db ? sqlite3_errmsg(db) : sqlite3_errstr(rc)) < 0)
-                        *error = NULL;
-                sqlite3_close(db);
-                return -EIO;
-        }
-        sqlite3_busy_timeout(db, 2000);
-        if (sqlite3_prepare_v2(db, request, -1, &stmt, NULL) != SQLITE_OK) {
-                if (error && asprintf(error, "bad password request: %s", sqlite3_errmsg(db)) < 0)
-                        *error = NULL;
-                sqlite3_close(db);
-                return -EINVAL;
-        }
-        if (sqlite3_bind_parameter_index(stmt, ":id") == 0 || sqlite3_column_count(stmt) < 1) {
-                if (error)
-                        *error = strdup("the password request must use :id and return "
-                                        "(password, algorithm)");
-                sqlite3_finalize(stmt);
-                sqlite3_close(db);
-                return -EINVAL;
-        }
-        *db_ret = db;
-        *stmt_ret = stmt;
-        return 0;
-}
-
-static void bind_named(sqlite3_stmt *stmt, const char *name, const char *value) {
-        int i = sqlite3_bind_parameter_index(stmt, name);
-        if (i > 0)
-                sqlite3_bind_text(stmt, i, value, -1, SQLITE_TRANSIENT);
-}
-
-static int sqlite_lookup(sqlite3 *db, sqlite3_stmt *stmt, bool uses_authid, const char *user,
-                         const char *domain, const char *authid, struct account_secret **ret) {
-        _cleanup_(secret_freep) struct account_secret *s = calloc(1, sizeof *s);
-        int rc, r = 0;
-        bool any = false;
-        *ret = NULL;
-        if (!s)
-                return -ENOMEM;
-        if (!authid)
-                authid = user;
-        if (!uses_authid && !streq(authid, user))
-                return 0;
-        sqlite3_reset(stmt);
-        sqlite3_clear_bindings(stmt);
-        bind_named(stmt, ":id", user);
-        bind_named(stmt, ":domain", domain);
-        bind_named(stmt, ":authid", authid);
-        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-                const char *pw = (const char *)sqlite3_column_text(stmt, 0);
-                const char *algo = sqlite3_column_count(stmt) > 1
-                                           ? (const char *)sqlite3_column_text(stmt, 1)
-                                           : "CLRTXT";
-                if (!pw || !algo)
-                        continue;
-                char **slot = NULL;
-                if (strcaseeq(algo, "CLRTXT"))
-                        slot = &s->clrtxt;
-                else {
-                        int a = digest_algorithm_from_name(algo);
-                        if (a >= 0 && valid_hex(pw, digest_hex_len(a)))
-                                slot = &s->ha1[a];
-                }
-                if (!slot || *slot)
-                        continue;
-                if (!(*slot = strdup(pw))) {
-                        r = -ENOMEM;
-                        break;
-                }
-                if (slot != &s->clrtxt)
-                        for (char *c = *slot; *c; c++)
-                                *c = (char)tolower((unsigned char)*c);
-                any = true;
-        }
-        if (r == 0 && rc != SQLITE_DONE && rc != SQLITE_ROW) {
-                log_debug("Password request failed: %s", sqlite3_errmsg(db));
-                r = -EIO;
-        }
-        sqlite3_reset(stmt);
-        if (r < 0 || !any)
-                return r;
-        if (!(s->user = strdup(user)) || !(s->domain = strdup(domain)) ||
-            !(s->auth_user = strdup(authid)))
-                return -ENOMEM;
-        *ret = TAKE_PTR(s);
-        return 0;
 }
 
 /* ---- the store ---- */
@@ -513,7 +116,7 @@ struct cache_entry {
 struct account_store {
         struct account_store_config cfg;
         char *file_path, *database_path, *request;
-        struct mysql_params *mysql;
+        struct account_mysql_params *mysql;
         bool uses_authid;
         struct loop *loop;
         struct account_table *table;
@@ -536,259 +139,6 @@ struct account_store {
         struct strmap *cache;
         bool reload_pending;
 };
-
-/* ---- MariaDB / MySQL ---- */
-
-struct mysql_params {
-        char *db, *user, *password, *host, *unix_socket;
-        unsigned port;
-};
-
-static void mysql_params_free(struct mysql_params *p) {
-        if (!p)
-                return;
-        free(p->db);
-        free(p->user);
-        if (p->password) {
-                explicit_bzero(p->password, strlen(p->password));
-                free(p->password);
-        }
-        free(p->host);
-        free(p->unix_socket);
-        free(p);
-}
-
-/* "key=value key='quoted value'..." as in the reference's soci-connection-string. */
-static int mysql_params_parse(const char *s, struct mysql_params **ret, char **error) {
-        struct mysql_params *p = calloc(1, sizeof *p);
-        if (!p)
-                return -ENOMEM;
-        int r = 0;
-        while (s && *s && r == 0) {
-                while (isspace((unsigned char)*s))
-                        s++;
-                if (!*s)
-                        break;
-                const char *eq = strchr(s, '=');
-                if (!eq) {
-                        r = -EINVAL;
-                        break;
-                }
-                _cleanup_free_ char *key = strndup(s, (size_t)(eq - s));
-                const char *v = eq + 1, *end;
-                _cleanup_free_ char *value = NULL;
-                if (*v == '\'') {
-                        end = strchr(v + 1, '\'');
-                        if (!end) {
-                                r = -EINVAL;
-                                break;
-                        }
-                        value = strndup(v + 1, (size_t)(end - v - 1));
-                        s = end + 1;
-                } else {
-                        end = v + strcspn(v, " \t");
-                        value = strndup(v, (size_t)(end - v));
-                        s = end;
-                }
-                if (!key || !value) {
-                        r = -ENOMEM;
-                        break;
-                }
-                char **slot = NULL;
-                if (streq(key, "db") || streq(key, "dbname"))
-                        slot = &p->db;
-                else if (streq(key, "user"))
-                        slot = &p->user;
-                else if (streq(key, "password") || streq(key, "pass"))
-                        slot = &p->password;
-                else if (streq(key, "host"))
-                        slot = &p->host;
-                else if (streq(key, "unix_socket"))
-                        slot = &p->unix_socket;
-                else if (streq(key, "port")) {
-                        char *e;
-                        unsigned long port = strtoul(value, &e, 10);
-                        if (*e || port == 0 || port > 65535)
-                                r = -EINVAL;
-                        p->port = (unsigned)port;
-                        continue;
-                } else {
-                        if (error && asprintf(error, "unknown connection-string key '%s'", key) < 0)
-                                *error = NULL;
-                        mysql_params_free(p);
-                        return -EINVAL;
-                }
-                free(*slot);
-                *slot = TAKE_PTR(value);
-        }
-        if (r < 0) {
-                if (r == -EINVAL && error)
-                        *error = strdup("bad connection string (key=value or key='value' pairs)");
-                mysql_params_free(p);
-                return r;
-        }
-        *ret = p;
-        return 0;
-}
-
-static int mysql_connect(const struct mysql_params *p, MYSQL **ret, char **error) {
-        MYSQL *my = mysql_init(NULL);
-        if (!my)
-                return -ENOMEM;
-        unsigned timeout = 5;
-        mysql_options(my, MYSQL_OPT_CONNECT_TIMEOUT, &timeout);
-        mysql_options(my, MYSQL_OPT_READ_TIMEOUT, &timeout);
-        mysql_options(my, MYSQL_OPT_WRITE_TIMEOUT, &timeout);
-        mysql_options(my, MYSQL_SET_CHARSET_NAME, "utf8mb4");
-        if (!mysql_real_connect(my, p->host, p->user, p->password, p->db, p->port,
-                                p->unix_socket, 0)) {
-                if (error && asprintf(error, "cannot connect to the database: %s",
-                                      mysql_error(my)) < 0)
-                        *error = NULL;
-                mysql_close(my);
-                return -EIO;
-        }
-        *ret = my;
-        return 0;
-}
-
-/* The request with :id, :domain and :authid replaced by quoted, escaped values. */
-static char *mysql_request(MYSQL *my, const char *request, const char *user, const char *domain,
-                           const char *authid) {
-        struct {
-                const char *name;
-                const char *value;
-        } params[] = {{":authid", authid}, {":domain", domain}, {":id", user}};
-        size_t cap = strlen(request) + 1;
-        for (size_t i = 0; i < ELEMENTSOF(params); i++)
-                cap += 3 * (2 * strlen(params[i].value) + 3);
-        char *out = malloc(cap), *o = out;
-        if (!out)
-                return NULL;
-        for (const char *r = request; *r;) {
-                bool done = false;
-                for (size_t i = 0; i < ELEMENTSOF(params) && *r == ':'; i++) {
-                        size_t n = strlen(params[i].name);
-                        if (strncmp(r, params[i].name, n) != 0 || isalnum((unsigned char)r[n]) ||
-                            r[n] == '_')
-                                continue;
-                        if ((size_t)(o - out) + 2 * strlen(params[i].value) + 3 >= cap) {
-                                free(out);
-                                return NULL; /* more placeholders than budgeted */
-                        }
-                        *o++ = '\'';
-                        o += mysql_real_escape_string(my, o, params[i].value,
-                                                      strlen(params[i].value));
-                        *o++ = '\'';
-                        r += n;
-                        done = true;
-                        break;
-                }
-                if (!done) {
-                        if ((size_t)(o - out) + 1 >= cap) {
-                                free(out);
-                                return NULL;
-                        }
-                        *o++ = *r++;
-                }
-        }
-        *o = 0;
-        return out;
-}
-
-static int mysql_run(MYSQL *my, const char *request, const char *user, const char *domain,
-                     const char *authid, MYSQL_RES **ret) {
-        _cleanup_free_ char *q = mysql_request(my, request, user, domain, authid);
-        if (!q)
-                return -ENOMEM;
-        if (mysql_real_query(my, q, strlen(q)) != 0)
-                return -EIO;
-        MYSQL_RES *res = mysql_store_result(my);
-        if (!res)
-                return -EIO;
-        *ret = res;
-        return 0;
-}
-
-static int mysql_lookup(struct worker *w, const char *request, bool uses_authid,
-                        const struct mysql_params *params, const char *user, const char *domain,
-                        const char *authid, struct account_secret **ret) {
-        _cleanup_(secret_freep) struct account_secret *s = calloc(1, sizeof *s);
-        MYSQL_RES *res = NULL;
-        int r;
-        bool any = false;
-        *ret = NULL;
-        if (!s)
-                return -ENOMEM;
-        if (!authid)
-                authid = user;
-        if (!uses_authid && !streq(authid, user))
-                return 0;
-        r = w->my ? mysql_run(w->my, request, user, domain, authid, &res) : -EIO;
-        if (r == -EIO && (!w->my || mysql_errno(w->my) == CR_SERVER_GONE_ERROR ||
-                          mysql_errno(w->my) == CR_SERVER_LOST)) {
-                /* The server went away (restart, idle timeout): one new connection. */
-                mysql_close(w->my);
-                w->my = NULL;
-                if (mysql_connect(params, &w->my, NULL) == 0)
-                        r = mysql_run(w->my, request, user, domain, authid, &res);
-        }
-        if (r < 0) {
-                log_debug("Password request failed: %s", w->my ? mysql_error(w->my) : "no connection");
-                return r;
-        }
-        unsigned nf = mysql_num_fields(res);
-        for (MYSQL_ROW row; (row = mysql_fetch_row(res));) {
-                const char *pw = row[0];
-                const char *algo = nf > 1 ? row[1] : "CLRTXT";
-                if (!pw || !algo)
-                        continue;
-                char **slot = NULL;
-                if (strcaseeq(algo, "CLRTXT"))
-                        slot = &s->clrtxt;
-                else {
-                        int a = digest_algorithm_from_name(algo);
-                        if (a >= 0 && valid_hex(pw, digest_hex_len(a)))
-                                slot = &s->ha1[a];
-                }
-                if (!slot || *slot)
-                        continue;
-                if (!(*slot = strdup(pw))) {
-                        mysql_free_result(res);
-                        return -ENOMEM;
-                }
-                if (slot != &s->clrtxt)
-                        for (char *c = *slot; *c; c++)
-                                *c = (char)tolower((unsigned char)*c);
-                any = true;
-        }
-        mysql_free_result(res);
-        if (!any)
-                return 0;
-        if (!(s->user = strdup(user)) || !(s->domain = strdup(domain)) ||
-            !(s->auth_user = strdup(authid)))
-                return -ENOMEM;
-        *ret = TAKE_PTR(s);
-        return 0;
-}
-
-/* At start: the request must name :id and run (with empty values) without an error. */
-static int mysql_check(struct worker *w, const char *request, char **error) {
-        if (!request_uses(request, ":id")) {
-                if (error)
-                        *error = strdup("the password request must use :id and return "
-                                        "(password, algorithm)");
-                return -EINVAL;
-        }
-        MYSQL_RES *res = NULL;
-        if (mysql_run(w->my, request, "", "", "", &res) < 0) {
-                if (error && asprintf(error, "bad password request: %s", mysql_error(w->my)) < 0)
-                        *error = NULL;
-                return -EINVAL;
-        }
-        mysql_free_result(res);
-        return 0;
-}
 
 static void job_free(struct job *j) {
         if (!j)
@@ -823,15 +173,15 @@ static char *cache_key(const char *user, const char *domain, const char *authid)
 static void run_job(struct worker *w, struct job *j) {
         struct account_store *s = w->store;
         if (j->kind == JOB_RELOAD) {
-                j->error = load_file(s->file_path, &j->errors, &j->table);
+                j->error = account_file_load(s->file_path, &j->errors, &j->table);
                 return;
         }
         if (s->cfg.backend == ACCOUNT_BACKEND_MYSQL)
-                j->error = mysql_lookup(w, s->request, s->uses_authid, s->mysql, j->user,
-                                        j->domain, j->authid, &j->result);
+                j->error = account_mysql_lookup(&w->my, s->request, s->uses_authid, s->mysql,
+                                                j->user, j->domain, j->authid, &j->result);
         else
-                j->error = sqlite_lookup(w->db, w->stmt, s->uses_authid, j->user, j->domain,
-                                         j->authid, &j->result);
+                j->error = account_sqlite_lookup(w->db, w->stmt, s->uses_authid, j->user,
+                                                 j->domain, j->authid, &j->result);
 }
 
 static void signal_loop(struct account_store *s) {
@@ -1024,7 +374,7 @@ int account_store_new(struct loop *l, const struct account_store_config *cfg, ch
                         r = -EINVAL;
                         goto fail;
                 }
-                if ((r = load_file(s->file_path, errors, &s->table)) < 0)
+                if ((r = account_file_load(s->file_path, errors, &s->table)) < 0)
                         goto fail;
                 s->cfg.threads = 1; /* reloads only */
         } else if (cfg->backend == ACCOUNT_BACKEND_SQLITE) {
@@ -1032,17 +382,17 @@ int account_store_new(struct loop *l, const struct account_store_config *cfg, ch
                         r = -EINVAL;
                         goto fail;
                 }
-                s->uses_authid = request_uses(s->request, ":authid");
+                s->uses_authid = account_request_uses(s->request, ":authid");
         } else {
                 _cleanup_free_ char *error = NULL;
                 if (!s->request) {
                         r = -EINVAL;
                         goto fail;
                 }
-                s->uses_authid = request_uses(s->request, ":authid");
+                s->uses_authid = account_request_uses(s->request, ":authid");
                 static pthread_once_t once = PTHREAD_ONCE_INIT;
                 pthread_once(&once, mysql_init_once);
-                r = mysql_params_parse(cfg->connection_string, &s->mysql, &error);
+                r = account_mysql_params_parse(cfg->connection_string, &s->mysql, &error);
                 if (r < 0) {
                         if (error && errors)
                                 (void)strv_extend(errors, error);
@@ -1066,9 +416,9 @@ int account_store_new(struct loop *l, const struct account_store_config *cfg, ch
                 w->store = s;
                 if (cfg->backend == ACCOUNT_BACKEND_MYSQL) {
                         _cleanup_free_ char *error = NULL;
-                        r = mysql_connect(s->mysql, &w->my, &error);
+                        r = account_mysql_connect(s->mysql, &w->my, &error);
                         if (r >= 0 && i == 0)
-                                r = mysql_check(w, s->request, &error);
+                                r = account_mysql_check(w->my, s->request, &error);
                         if (r < 0) {
                                 if (error && errors)
                                         (void)strv_extend(errors, error);
@@ -1077,7 +427,7 @@ int account_store_new(struct loop *l, const struct account_store_config *cfg, ch
                         }
                 } else if (cfg->backend == ACCOUNT_BACKEND_SQLITE) {
                         _cleanup_free_ char *error = NULL;
-                        r = sqlite_open(s->database_path, s->request, &w->db, &w->stmt, &error);
+                        r = account_sqlite_open(s->database_path, s->request, &w->db, &w->stmt, &error);
                         if (r < 0) {
                                 if (error && errors)
                                         (void)strv_extend(errors, error);
@@ -1120,7 +470,7 @@ void account_store_free(struct account_store *s) {
                         mysql_close(w->my);
         }
         free(s->workers);
-        mysql_params_free(s->mysql);
+        account_mysql_params_free(s->mysql);
         /* Finished lookups get their results; the others are cancelled. */
         struct job *done = take_done(s);
         for (struct job *j = s->queue_head; j; j = j->next)
