@@ -420,6 +420,58 @@ START_TEST(test_auth_mariadb_backend) {
 }
 END_TEST
 
+/* Start-up refuses an unusable configuration with a message naming the problem. */
+START_TEST(test_auth_bad_config_refused) {
+        write_passwords(NULL);
+        _cleanup_free_ char *missing = tl_path("no-such-passwd");
+        _cleanup_free_ char *missing_line = NULL;
+        ck_assert_int_ge(asprintf(&missing_line, "file-path=%s\n", missing), 0);
+        const struct {
+                const char *extra;
+                const char *message;
+        } cases[] = {
+                {"", "file-path is needed"},
+                {missing_line, "Failed to open the account store (file)"},
+                {"available-algorithms=MD5 SHA-512\n", "unknown algorithm 'SHA-512'"},
+                {"trusted-hosts=not-an-address\n", "'not-an-address' is not an IP address"},
+                {"tls-client-certificate-required-subject=(\n", "bad regular expression"},
+                {"db-implementation=sqlite\n", "database-path is needed"},
+                {"db-implementation=mysql\n", "connection-string is needed"},
+        };
+        _cleanup_free_ char *bin = tl_build_path("proxy/sipfleet-proxy");
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                /* Cases 2-4 have a password file, so that their own problem is the one met. */
+                bool with_file = i >= 2 && i <= 4;
+                _cleanup_free_ char *extra = NULL, *name = NULL;
+                ck_assert_int_ge(asprintf(&extra, "[module::Authentication]\nenabled=true\n"
+                                                  "%s%s%s%s",
+                                          with_file ? "file-path=" : "",
+                                          with_file ? passwd : "", with_file ? "\n" : "",
+                                          cases[i].extra),
+                                 0);
+                ck_assert_int_ge(asprintf(&name, "bad-proxy-%zu", i), 0);
+                struct tl_proxy f = {0};
+                tl_proxy_write_conf(&f, extra);
+                char *argv[] = {bin, "--config", f.conf, NULL};
+                struct tl_proc p;
+                tl_spawn(name, argv, &p);
+                int status = tl_wait(&p, 10000);
+                if (status == -ETIMEDOUT) {
+                        tl_kill(&p, SIGKILL);
+                        tl_wait(&p, 5000);
+                }
+                _cleanup_free_ char *log = tl_log(&p);
+                free(p.log);
+                free(f.conf);
+                free(f.sock);
+                ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) != 0,
+                              "case %zu started: %s", i, log);
+                ck_assert_msg(strstr(log, cases[i].message), "case %zu: no '%s' in: %s", i,
+                              cases[i].message, log);
+        }
+}
+END_TEST
+
 /* ---- TLS client certificates ---- */
 
 static char *tls_dir;
@@ -530,6 +582,7 @@ static Suite *auth_suite(void) {
         tcase_add_test(tc, test_auth_password_file_reload);
         tcase_add_test(tc, test_auth_sqlite_backend);
         tcase_add_test(tc, test_auth_mariadb_backend);
+        tcase_add_test(tc, test_auth_bad_config_refused);
         suite_add_tcase(s, tc);
         tc = tcase_create("tls");
         tcase_add_checked_fixture(tc, setup, teardown_tls);
