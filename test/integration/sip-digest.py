@@ -184,6 +184,8 @@ def main():
     ap.add_argument("--expect", type=int, default=200)
     ap.add_argument("--wait", type=float, default=0)
     ap.add_argument("--method", default="REGISTER")
+    ap.add_argument("--header", action="append", default=[],
+                    help="one more header line in every request")
     ap.add_argument("--digest-uri", help="uri= of the credentials (default: the Request-URI)")
     ap.add_argument("--tls", action="store_true")
     ap.add_argument("--ca")
@@ -195,6 +197,7 @@ def main():
     d = args.domain
 
     def send(method, headers=(), cseq=None):
+        headers = list(headers) + args.header
         if method == "REGISTER":
             return c.request(method, "sip:" + d, args.user, args.user, d, headers, cseq)
         return c.request(method, "sip:callee@" + d, args.user, "callee", d, headers, cseq)

@@ -228,6 +228,29 @@ START_TEST(test_auth_invite_sha256) {
 }
 END_TEST
 
+START_TEST(test_auth_preferred_identity) {
+        start(NULL);
+        /* The identity is the P-Preferred-Identity: alice's credentials, From bob, PPI alice. */
+        ck_assert_int_eq(CLIENT("invite", "--method", "INVITE", "--user", "bob", "--auth-user",
+                                "alice", "--password", "alicepw", "--header",
+                                "P-Preferred-Identity: <sip:alice@example.org>", "--expect",
+                                "404"),
+                         0);
+        /* ... and bob's credentials do not make him alice. */
+        ck_assert_int_eq(CLIENT("invite", "--method", "INVITE", "--user", "bob", "--password",
+                                "bobpw", "--header",
+                                "P-Preferred-Identity: <sip:alice@example.org>", "--expect",
+                                "403"),
+                         0);
+        /* A preferred identity in a foreign domain. */
+        ck_assert_int_eq(CLIENT("plain", "--method", "INVITE", "--user", "bob", "--header",
+                                "P-Preferred-Identity: <sip:x@other.example>", "--expect",
+                                "403"),
+                         0);
+        ck_assert_int_eq(counter("count-domain-forbidden"), 1);
+}
+END_TEST
+
 START_TEST(test_auth_replayed_nonce) {
         start(NULL);
         ck_assert_int_eq(CLIENT("replay", "--user", "alice", "--password", "alicepw",
@@ -573,6 +596,7 @@ static Suite *auth_suite(void) {
         tcase_add_test(tc, test_auth_unknown_user);
         tcase_add_test(tc, test_auth_invite_md5_sipp);
         tcase_add_test(tc, test_auth_invite_sha256);
+        tcase_add_test(tc, test_auth_preferred_identity);
         tcase_add_test(tc, test_auth_replayed_nonce);
         tcase_add_test(tc, test_auth_stale_nonce);
         tcase_add_test(tc, test_auth_foreign_relay_refused);
