@@ -182,6 +182,7 @@ def main():
     ap.add_argument("--algorithm", help="answer the challenge of this algorithm")
     ap.add_argument("--expect-algorithms", help="challenges in this order, comma-separated")
     ap.add_argument("--expect", type=int, default=200)
+    ap.add_argument("--expect-realm", help="realm every challenge must name")
     ap.add_argument("--wait", type=float, default=0)
     ap.add_argument("--method", default="REGISTER")
     ap.add_argument("--header", action="append", default=[],
@@ -227,6 +228,8 @@ def main():
         if args.expect_algorithms and algs != args.expect_algorithms.split(","):
             fail("challenged with %s, expected %s" % (algs, args.expect_algorithms))
         for ch in chs:
+            if args.expect_realm and ch.get("realm") != args.expect_realm:
+                fail("challenge for realm %s, expected %s" % (ch.get("realm"), args.expect_realm))
             if ch.get("qop") != "auth":
                 fail("challenge without qop=auth: %s" % ch)
             if (ch.get("stale", "").lower() == "true") != stale:

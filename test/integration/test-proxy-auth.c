@@ -164,7 +164,8 @@ START_TEST(test_auth_register_sha256_and_md5) {
         start(NULL);
         /* A clear-text account: both algorithms offered, SHA-256 first. */
         ck_assert_int_eq(CLIENT("register", "--user", "alice", "--password", "alicepw",
-                                "--algorithm", "SHA-256", "--expect-algorithms", "SHA-256,MD5"),
+                                "--algorithm", "SHA-256", "--expect-algorithms", "SHA-256,MD5",
+                                "--expect-realm", "example.org"),
                          0);
         ck_assert_int_eq(CLIENT("register", "--user", "alice", "--password", "alicepw",
                                 "--algorithm", "MD5", "--expect-algorithms", "SHA-256,MD5"),
@@ -175,6 +176,19 @@ START_TEST(test_auth_register_sha256_and_md5) {
                          0);
         ck_assert_int_eq(CLIENT("register", "--user", "shaonly", "--password", "wrong",
                                 "--expect-algorithms", "SHA-256", "--expect", "403"),
+                         0);
+}
+END_TEST
+
+START_TEST(test_auth_realm) {
+        start("realm=sipfleet.test\n");
+        /* A clear-text password works in any realm. */
+        ck_assert_int_eq(CLIENT("register", "--user", "alice", "--password", "alicepw",
+                                "--algorithm", "SHA-256", "--expect-realm", "sipfleet.test"),
+                         0);
+        /* A stored HA1 was computed for realm example.org: it cannot match here. */
+        ck_assert_int_eq(CLIENT("register", "--user", "sam", "--password", "sampw",
+                                "--expect-realm", "sipfleet.test", "--expect", "403"),
                          0);
 }
 END_TEST
@@ -593,6 +607,7 @@ static Suite *auth_suite(void) {
         tcase_add_test(tc, test_auth_wrong_password_sipp);
         tcase_add_test(tc, test_auth_spoofing_sipp);
         tcase_add_test(tc, test_auth_register_sha256_and_md5);
+        tcase_add_test(tc, test_auth_realm);
         tcase_add_test(tc, test_auth_unknown_user);
         tcase_add_test(tc, test_auth_invite_md5_sipp);
         tcase_add_test(tc, test_auth_invite_sha256);
