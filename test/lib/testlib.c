@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -140,9 +141,14 @@ int tl_spawn(const char *name, char *const argv[], struct tl_proc *p) {
         ck_assert_int_ge(asprintf(&logname, "%s.log", name), 0);
         p->log = tl_path(logname);
         fflush(NULL);
+        pid_t parent = getpid();
         pid_t pid = fork();
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
+                /* A failed assertion may end the test process without its exit handlers:
+                 * the child goes with it anyway. */
+                if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+                        _exit(127);
                 int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
                 if (fd >= 0) {
                         dup2(fd, STDOUT_FILENO);
