@@ -17,6 +17,7 @@ static const struct module_desc *const chain[] = {
         &module_sanity,
         &module_capabilities,
         &module_nat,
+        &module_auth,
         &module_presence,
         &module_registrar,
         &module_router,

@@ -63,6 +63,7 @@ bool module_filter_match(struct module *m, const sip_t *sip);
 
 extern const struct module_desc module_capabilities;
 extern const struct module_desc module_nat;
+extern const struct module_desc module_auth;
 extern const struct module_desc module_dos;
 extern const struct module_desc module_registrar;
 extern const struct module_desc module_router;

@@ -273,14 +273,15 @@ static void rtp_stats(struct ua *ua, uint64_t *sent, uint64_t *received) {
 
 /* bob answers, alice calls him, 2 s of audio, alice hangs up: both exit 0 having seen
  * StreamsRunning, RTP both ways, and the end of the call. */
-static void check_call(const char *proxy_uri, const char *ca_file) {
+static void check_call_with(const char *proxy_uri, const char *ca_file, const char *alice_pw,
+                            const char *bob_pw) {
         struct ua alice, bob;
         ua_start(&bob, "bob-call", "sip:bob@localhost", proxy_uri, ca_file,
-                 (const char *[]){"--answer", NULL});
+                 (const char *[]){"--answer", bob_pw ? "--password" : NULL, bob_pw, NULL});
         assert_registered(&bob);
         ua_start(&alice, "alice-call", "sip:alice@localhost", proxy_uri, ca_file,
                  (const char *[]){"--call", "sip:bob@localhost", "--duration", CALL_DURATION,
-                                  NULL});
+                                  alice_pw ? "--password" : NULL, alice_pw, NULL});
         bool alice_ok = ua_wait_exit(&alice, CALL_TIMEOUT_MS);
         /* bob ends by himself once the call is over; if it never started, stop him. */
         bool bob_ok = alice_ok ? ua_wait_exit(&bob, EXIT_TIMEOUT_MS) : (ua_stop(&bob), false);
@@ -312,6 +313,10 @@ static void check_call(const char *proxy_uri, const char *ca_file) {
         ck_assert(ua_has(&bob, "event=answered"));
         ua_done(&alice);
         ua_done(&bob);
+}
+
+static void check_call(const char *proxy_uri, const char *ca_file) {
+        check_call_with(proxy_uri, ca_file, NULL, NULL);
 }
 
 static char *udp_uri(struct tl_proxy *f) {
@@ -388,6 +393,49 @@ START_TEST(test_linphone_call_tls) {
 }
 END_TEST
 
+/* With [module::Authentication] on: both UAs answer the digest challenges (SHA-256 offered
+ * first, MD5 too) of their REGISTER and of the INVITE, over TLS; a wrong password does not
+ * register. */
+START_TEST(test_linphone_auth_call_tls) {
+        _cleanup_free_ char *dir = tls_dir("tls-auth");
+        _cleanup_free_ char *ca = ca_of(dir);
+        _cleanup_free_ char *passwd = tl_write_file("passwd", "version:1\n"
+                                                              "alice@localhost clrtxt:alice-pw ;\n"
+                                                              "bob@localhost clrtxt:bob-pw ;\n");
+        _cleanup_free_ char *conf = NULL;
+        ck_assert_int_ge(asprintf(&conf,
+                                  "%s[module::Authentication]\n"
+                                  "enabled=true\n"
+                                  "auth-domains=localhost\n"
+                                  "available-algorithms=SHA-256 MD5\n"
+                                  "file-path=%s\n",
+                                  proxy_conf(dir), passwd),
+                         0);
+        struct tl_proxy f = {.tls_port = tl_free_port()};
+        running_proxy = &f;
+        tl_proxy_start(&f, conf);
+        _cleanup_free_ char *uri = tls_uri(&f);
+        check_call_with(uri, ca, "alice-pw", "bob-pw");
+        ck_assert_int_ge(tl_counter(f.sock, "module::Authentication/count-challenges"), 3);
+        ck_assert_int_eq(tl_counter(f.sock, "module::Authentication/count-auth-failed"), 0);
+        {
+                /* liblinphone took the first challenge, SHA-256. */
+                _cleanup_free_ char *log = tl_log(&f.proc);
+                ck_assert_ptr_nonnull(strstr(log, "'alice@localhost' authenticated (SHA-256)"));
+                ck_assert_ptr_nonnull(strstr(log, "'bob@localhost' authenticated (SHA-256)"));
+        }
+
+        struct ua mallory;
+        ua_start(&mallory, "mallory", "sip:alice@localhost", uri, ca,
+                 (const char *[]){"--password", "guess", NULL});
+        ck_assert(!ua_wait_event(&mallory, "event=registered", 3000));
+        ua_stop(&mallory);
+        ck_assert_int_ge(tl_counter(f.sock, "module::Authentication/count-auth-failed"), 1);
+        ua_done(&mallory);
+        proxy_done(&f);
+}
+END_TEST
+
 static Suite *linphone_suite(void) {
         Suite *s = suite_create("linphone");
         TCase *tc = tcase_create("register");
@@ -397,6 +445,7 @@ static Suite *linphone_suite(void) {
         tc = tcase_create("call");
         tcase_add_test(tc, test_linphone_call_udp);
         tcase_add_test(tc, test_linphone_call_tls);
+        tcase_add_test(tc, test_linphone_auth_call_tls);
         suite_add_tcase(s, tc);
         return s;
 }

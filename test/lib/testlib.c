@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -142,9 +143,14 @@ int tl_spawn(const char *name, char *const argv[], struct tl_proc *p) {
         ck_assert_int_ge(asprintf(&logname, "%s.log", name), 0);
         p->log = tl_path(logname);
         fflush(NULL);
+        pid_t parent = getpid();
         pid_t pid = fork();
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
+                /* A failed assertion may end the test process without its exit handlers:
+                 * the child goes with it anyway. */
+                if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+                        _exit(127);
                 int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
                 if (fd >= 0) {
                         dup2(fd, STDOUT_FILENO);
@@ -570,4 +576,29 @@ char *tl_tls_dir(const char *name, const char *subject_alt_name) {
         fputs(c, f);
         fclose(f);
         return TAKE_PTR(dir);
+}
+
+void tl_tls_client_cert(const char *dir, const char *name, const char *cn,
+                        const char *subject_alt_name) {
+        _cleanup_free_ char *ca_key = NULL, *ca_pem = NULL, *key = NULL, *csr = NULL,
+                            *crt = NULL, *ext = NULL, *subj = NULL;
+        ck_assert_int_ge(asprintf(&ca_key, "%s/ca.key", dir), 0);
+        ck_assert_int_ge(asprintf(&ca_pem, "%s/cafile.pem", dir), 0);
+        ck_assert_int_ge(asprintf(&key, "%s/%s.key", dir, name), 0);
+        ck_assert_int_ge(asprintf(&csr, "%s/%s.csr", dir, name), 0);
+        ck_assert_int_ge(asprintf(&crt, "%s/%s.crt", dir, name), 0);
+        ck_assert_int_ge(asprintf(&ext, "%s/%s.ext", dir, name), 0);
+        ck_assert_int_ge(asprintf(&subj, "/CN=%s", cn), 0);
+        FILE *f = fopen(ext, "we");
+        ck_assert_ptr_nonnull(f);
+        fputs("extendedKeyUsage=clientAuth\n", f);
+        if (subject_alt_name)
+                fprintf(f, "subjectAltName=%s\n", subject_alt_name);
+        fclose(f);
+        run_openssl((const char *[]){"req", "-newkey", "ec", "-pkeyopt",
+                                     "ec_paramgen_curve:prime256v1", "-nodes", "-subj", subj,
+                                     "-keyout", key, "-out", csr, NULL});
+        run_openssl((const char *[]){"x509", "-req", "-in", csr, "-CA", ca_pem, "-CAkey", ca_key,
+                                     "-CAcreateserial", "-days", "2", "-extfile", ext, "-out",
+                                     crt, NULL});
 }

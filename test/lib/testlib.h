@@ -129,3 +129,8 @@ int tl_sipp(const char *scenario, int port);
  * certificate, and agent.key / agent.crt separately for other peers. Returns the malloc'd
  * directory path. */
 char *tl_tls_dir(const char *name, const char *subject_alt_name);
+/* A client certificate signed by the test CA of a tl_tls_dir() directory: dir/<name>.key and
+ * dir/<name>.crt, with CN cn and, unless NULL, the subjectAltName ("URI:sip:alice@example.org",
+ * "DNS:client.test"). */
+void tl_tls_client_cert(const char *dir, const char *name, const char *cn,
+                        const char *subject_alt_name);

@@ -46,6 +46,7 @@ struct ua_options {
         const char *proxy;
         const char *ca_file;
         const char *call_uri;
+        const char *password;
         int expires;
         int sip_port;
         int rtp_port;
@@ -394,6 +395,7 @@ static void usage(FILE *f) {
               "  --rls URI          watch through a friend list whose RLS address is URI\n"
               "  --expect LIST      goal: see the watched friend in these states, in order\n"
               "  --verbose          liblinphone's debug log on stderr\n"
+              "  --password PW      answer digest challenges as the identity's user with PW\n"
               "Without --call or --answer: stay registered until SIGTERM, then unregister.\n"
               "Events go to stdout, one per line: event=NAME key=value...\n",
               f);
@@ -428,6 +430,7 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 OPT_WATCH,
                 OPT_RLS,
                 OPT_EXPECT,
+                OPT_PASSWORD,
         };
         static const struct option options[] = {
                 {"identity", required_argument, NULL, OPT_IDENTITY},
@@ -447,6 +450,7 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 {"watch", required_argument, NULL, OPT_WATCH},
                 {"rls", required_argument, NULL, OPT_RLS},
                 {"expect", required_argument, NULL, OPT_EXPECT},
+                {"password", required_argument, NULL, OPT_PASSWORD},
                 {0},
         };
         *o = (struct ua_options){
@@ -486,6 +490,9 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                         break;
                 case OPT_VERBOSE:
                         o->verbose = true;
+                        break;
+                case OPT_PASSWORD:
+                        o->password = optarg;
                         break;
                 case OPT_HELP:
                         usage(stdout);
@@ -734,6 +741,20 @@ static int add_account(struct ua *ua) {
                 goto out;
         }
         linphone_core_set_default_account(core, ua->account);
+        if (ua->o.password) {
+                const LinphoneAddress *id =
+                        linphone_account_params_get_identity_address(params);
+                LinphoneAuthInfo *info = linphone_factory_create_auth_info(
+                        linphone_factory_get(), linphone_address_get_username(id), NULL,
+                        ua->o.password, NULL, NULL, linphone_address_get_domain(id));
+                if (!info) {
+                        fprintf(stderr, "lp-ua: cannot make the credentials\n");
+                        r = -EINVAL;
+                        goto out;
+                }
+                linphone_core_add_auth_info(core, info);
+                linphone_auth_info_unref(info);
+        }
         r = 0;
 out:
         linphone_account_params_unref(params);
