@@ -117,6 +117,7 @@ struct fork {
         bool cancelling;     /* no new branch; pending ones are (being) cancelled */
         bool sent_push_provisional;
         char **used_keys;    /* fork_branch_first_use() */
+        char **challenges;   /* WWW-/Proxy-Authenticate of every 401/407 branch, as text */
         char *cancel_reason; /* Reason of the CANCELs we send */
         unsigned busy;       /* re-entrancy guard: completion is checked at the outermost */
         bool freed;
@@ -261,6 +262,7 @@ static void fork_free(struct fork *f) {
                 msg_destroy(f->best);
         free(f->cancel_reason);
         strv_free(f->used_keys);
+        strv_free(f->challenges);
         free(f->instance);
         key_unlink(f);
         free(f->aor);
@@ -360,6 +362,48 @@ static void keep_best(struct fork *f, int status, const char *phrase, msg_t *msg
         f->best_phrase = phrase;
 }
 
+#define MAX_CHALLENGES 16
+
+/* The WWW-/Proxy-Authenticate headers of a response as lines ("W..." or "P..." + the header
+ * text) added to *list, at most MAX_CHALLENGES in all. */
+static void add_challenge_lines(char ***list, msg_t *msg) {
+        sip_t *sip = sip_object(msg);
+        const sip_header_t *lists[] = {(const sip_header_t *)sip->sip_www_authenticate,
+                                       (const sip_header_t *)sip->sip_proxy_authenticate};
+        for (size_t l = 0; l < ELEMENTSOF(lists); l++)
+                for (const sip_header_t *h = lists[l]; h; h = (const sip_header_t *)h->sh_next) {
+                        if (strv_length(*list) >= MAX_CHALLENGES)
+                                return;
+                        _cleanup_free_ char *text = sip_header_as_string(NULL, h);
+                        _cleanup_free_ char *line = NULL;
+                        if (!text || asprintf(&line, "%c%s", l == 0 ? 'W' : 'P', text) < 0)
+                                return;
+                        if (!strv_contains(*list, line) && strv_extend(list, line) < 0)
+                                return;
+                }
+}
+
+/* RFC 3261 §16.7 step 6: the challenges of every 401/407 are remembered, so that the one sent
+ * up carries them all and the caller can answer each realm at once. */
+static void collect_challenges(struct fork *f, msg_t *msg) {
+        add_challenge_lines(&f->challenges, msg);
+}
+
+/* Adds to the best 401/407 the challenges of the other branches it does not have. */
+static void merge_challenges(struct fork *f, msg_t *msg) {
+        _cleanup_strv_free_ char **have = NULL;
+        add_challenge_lines(&have, msg);
+        sip_t *sip = sip_object(msg);
+        STRV_FOREACH(c, f->challenges) {
+                if (strv_contains(have, *c))
+                        continue;
+                msg_hclass_t *hc = **c == 'W' ? sip_www_authenticate_class
+                                              : sip_proxy_authenticate_class;
+                if (msg_header_add_make(msg, (msg_pub_t *)sip, hc, *c + 1) < 0)
+                        log_debug("Cannot add a challenge to the %d.", f->best_status);
+        }
+}
+
 static void send_best(struct fork *f) {
         int status = f->best_status;
         msg_t *msg = TAKE_PTR(f->best);
@@ -383,6 +427,8 @@ static void send_best(struct fork *f) {
                 send_upstream(f, SIP_500_INTERNAL_SERVER_ERROR, NULL);
                 return;
         }
+        if ((status == 401 || status == 407) && msg && f->challenges)
+                merge_challenges(f, msg);
         send_upstream(f, status, f->best_phrase, msg);
 }
 
@@ -452,6 +498,8 @@ static void branch_final_inner(struct fork_branch *b, int status, const char *ph
                         msg_destroy(msg);
                 return;
         }
+        if ((status == 401 || status == 407) && msg)
+                collect_challenges(f, msg);
         keep_best(f, status, phrase, msg);
         if (status >= 600 && f->invite && !f->config->no_global_decline)
                 cancel_pending(f, REASON_BUSY_EVERYWHERE);

@@ -249,6 +249,11 @@ char *tl_ua_recv_request(struct tl_ua *ua, int timeout_ms) {
 }
 
 void tl_ua_reply(struct tl_ua *ua, const char *request, int status, bool sdp) {
+        tl_ua_reply_headers(ua, request, status, sdp, NULL);
+}
+
+void tl_ua_reply_headers(struct tl_ua *ua, const char *request, int status, bool sdp,
+                         const char *headers) {
         _cleanup_free_ char *vias = header_lines(request, "Via");
         _cleanup_free_ char *rrs = header_lines(request, "Record-Route");
         _cleanup_free_ char *from = tl_sip_header(request, "From");
@@ -274,10 +279,11 @@ void tl_ua_reply(struct tl_ua *ua, const char *request, int status, bool sdp) {
         _cleanup_free_ char *resp = NULL;
         ck_assert_int_ge(asprintf(&resp,
                                   "SIP/2.0 %d Test\r\n%s%sFrom: %s\r\nTo: %s%s\r\nCall-ID: %s\r\n"
-                                  "CSeq: %s\r\n%s%sContent-Length: %zu\r\n\r\n%s",
+                                  "CSeq: %s\r\n%s%s%sContent-Length: %zu\r\n\r\n%s",
                                   status, vias, status > 100 ? rrs : "", from, to,
                                   strstr(to, "tag=") || status == 100 ? "" : ";tag=ua-tag", call_id,
-                                  cseq, contact, body[0] ? "Content-Type: application/sdp\r\n" : "",
+                                  cseq, contact, headers ? headers : "",
+                                  body[0] ? "Content-Type: application/sdp\r\n" : "",
                                   strlen(body), body),
                          0);
         send_text(ua, resp, (struct sockaddr *)&ua->peer, ua->peer_len);

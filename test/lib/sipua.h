@@ -46,6 +46,9 @@ char *tl_ua_recv_request(struct tl_ua *ua, int timeout_ms);
 /* Answers a request returned by tl_ua_recv_request() (Via, From, To with a tag, Call-ID,
  * CSeq and Record-Route copied; a Contact for 2xx to INVITE; an SDP body when sdp). */
 void tl_ua_reply(struct tl_ua *ua, const char *request, int status, bool sdp);
+/* The same with more header lines ("Name: value\r\n"...; may be NULL). */
+void tl_ua_reply_headers(struct tl_ua *ua, const char *request, int status, bool sdp,
+                         const char *headers);
 
 /* Header value (first occurrence, trimmed) of a message, malloc'd, or NULL. */
 char *tl_sip_header(const char *msg, const char *name);
