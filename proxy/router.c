@@ -216,12 +216,99 @@ oom:
         route_done(op, SIP_500_INTERNAL_SERVER_ERROR, NULL);
 }
 
+/* ---- in-dialog requests to a GRUU ---- */
+
+struct gruu_op {
+        struct router *router;
+        struct proxy_request *req;
+        char *instance;
+};
+
+/* The Request-URI becomes the device's contact, its Path the Route set. */
+static int retarget(struct proxy_request *req, const struct registrar_binding *b) {
+        msg_t *msg = req->msg;
+        sip_t *sip = sip_object(msg);
+        su_home_t *home = msg_home(msg);
+        const sip_request_t *rq = sip->sip_request;
+        sip_request_t *nrq = sip_request_create(home, rq->rq_method, rq->rq_method_name,
+                                                URL_STRING_MAKE(b->contact), NULL);
+        if (!nrq || msg_header_replace(msg, (msg_pub_t *)sip, (msg_header_t *)sip->sip_request,
+                                       (msg_header_t *)nrq) < 0)
+                return -ENOMEM;
+        for (size_t i = strv_length(b->path); i > 0; i--) {
+                sip_route_t *r = sip_route_make(home, b->path[i - 1]);
+                if (!r || msg_header_insert(msg, (msg_pub_t *)sip, (msg_header_t *)r) < 0)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+static void on_gruu_fetched(int error, struct registrar_record *rec, void *userdata) {
+        _cleanup_(registrar_record_freep) struct registrar_record *record = rec;
+        struct gruu_op *op = userdata;
+        struct proxy_request *req = op->req;
+        bool ack = req->sip->sip_request->rq_method == sip_method_ack;
+        const struct registrar_binding *found = NULL;
+        for (size_t i = 0; error >= 0 && i < record->n_bindings && !found; i++) {
+                _cleanup_free_ char *instance =
+                        registrar_gruu_instance(record->bindings[i].unique_id);
+                if (instance && strcasecmp(instance, op->instance) == 0)
+                        found = &record->bindings[i];
+        }
+        free(op->instance);
+        free(op);
+        if (found && retarget(req, found) >= 0) {
+                proxy_request_resume(req, MODULE_CONTINUE);
+                return;
+        }
+        if (error < 0)
+                log_warning_errno(error, "Registrar lookup for a GRUU failed: %m");
+        if (!ack) /* an ACK has no answer: it is dropped */
+                proxy_request_reply(req, error < 0 ? 503 : 480, NULL,
+                                    TAG_IF(error < 0, SIPTAG_RETRY_AFTER_STR("5")), TAG_END());
+        proxy_request_resume(req, MODULE_STOP);
+}
+
+/* A request inside a dialog (or an ACK) whose Request-URI is a GRUU of ours: the device's
+ * contact is looked up, since the GRUU itself names no host to send to (RFC 5627 §7). */
+static enum module_result gruu_in_dialog(struct router *rt, struct proxy_request *req,
+                                         struct registrar *reg) {
+        const url_t *ruri = req->sip->sip_request->rq_url;
+        char gr[256];
+        if (!ruri->url_params || url_param(ruri->url_params, "gr", gr, sizeof gr) <= 1)
+                return MODULE_CONTINUE;
+        url_unescape(gr, gr);
+        _cleanup_free_ char *text = url_as_string(NULL, ruri);
+        _cleanup_free_ char *aor = text ? registrar_aor_normalize(text) : NULL;
+        struct gruu_op *op = calloc(1, sizeof *op);
+        if (!aor || !op || !(op->instance = strdup(gr))) {
+                free(op);
+                log_oom();
+                return MODULE_CONTINUE;
+        }
+        op->router = rt;
+        op->req = req;
+        struct registrar_store *store = registrar_get_store(reg);
+        if (store->ops->fetch(store, aor, on_gruu_fetched, op) < 0) {
+                free(op->instance);
+                free(op);
+                return MODULE_CONTINUE;
+        }
+        return MODULE_SUSPEND;
+}
+
 static enum module_result router_request(struct module *m, struct proxy_request *req) {
         struct router *rt = m->state;
         const sip_t *sip = req->sip;
         const url_t *ruri = sip->sip_request->rq_url;
         sip_method_t method = sip->sip_request->rq_method;
         struct registrar *reg = proxy_registrar(m->proxy);
+
+        if (!req->branch && reg && method != sip_method_register && method != sip_method_cancel &&
+            ((sip->sip_to && sip->sip_to->a_tag) || method == sip_method_ack) && !sip->sip_route &&
+            (ruri->url_type == url_sip || ruri->url_type == url_sips) &&
+            registrar_domain_managed(reg, ruri->url_host))
+                return gruu_in_dialog(rt, req, reg);
 
         if (req->branch || !reg || method == sip_method_register || method == sip_method_ack ||
             method == sip_method_cancel || (sip->sip_to && sip->sip_to->a_tag) || sip->sip_route ||

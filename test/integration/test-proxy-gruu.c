@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Device identity in the registrar: GRUU (RFC 5627 pub-gruu in the 200 to a REGISTER with
  * +sip.instance and Supported: gruu, and a request to that GRUU reaching that device only, or
- * 480 when it is not registered) and unique-id-parameters (a device without +sip.instance
+ * 480 when it is not registered, in a dialog too) and unique-id-parameters (a device without +sip.instance
  * known by a URI parameter such as line, so its re-registration from a new address replaces
  * its binding instead of adding one). Devices are the minimal UA of test/lib/sipua.h. */
 #include <jansson.h>
@@ -75,6 +75,25 @@ START_TEST(test_gruu_pub_gruu_and_routing) {
         ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the tablet did not get it");
         _cleanup_free_ char *none = tl_ua_recv_request(&phone, 500);
         ck_assert_msg(!none, "the phone got a request for the tablet's GRUU:\n%s", none);
+
+        /* In a dialog too (the device gave its GRUU as Contact): the request reaches the
+         * device's registered contact. */
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                _cleanup_free_ char *req = tl_ua_recv_request(&phone, 5000);
+                if (req)
+                        tl_ua_reply(&phone, req, 200, false);
+                char want[64];
+                snprintf(want, sizeof want, "INFO sip:bob@127.0.0.1:%d", phone.port);
+                _exit(req && strncmp(req, want, strlen(want)) == 0 ? 0 : 1);
+        }
+        ck_assert_int_eq(tl_ua_request(&alice, "INFO", "sip:bob@localhost;gr=" PHONE, "dlg-1",
+                                       "application/x-test", "in-dialog", NULL, NULL, 0),
+                         200);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                      "the in-dialog request to the GRUU did not reach the phone's contact");
 
         /* A GRUU whose device is not registered: 480, nothing stored. */
         ck_assert_int_eq(tl_ua_message(&alice,

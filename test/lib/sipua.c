@@ -189,8 +189,9 @@ int tl_ua_register(struct tl_ua *ua, int expires) {
         return transaction(ua, req, ua->last_response, sizeof ua->last_response);
 }
 
-int tl_ua_message(struct tl_ua *ua, const char *to_user, const char *content_type,
-                  const char *body, const char *extra_headers, char *response, size_t size) {
+int tl_ua_request(struct tl_ua *ua, const char *method, const char *to_user, const char *to_tag,
+                  const char *content_type, const char *body, const char *extra_headers,
+                  char *response, size_t size) {
         _cleanup_free_ char *req = NULL;
         unsigned cseq = ua->cseq++;
         long id = random();
@@ -201,21 +202,28 @@ int tl_ua_message(struct tl_ua *ua, const char *to_user, const char *content_typ
                 ck_assert_int_ge(asprintf(&target, "sip:%s@localhost", to_user), 0);
         ck_assert_ptr_nonnull(target);
         ck_assert_int_ge(asprintf(&req,
-                                  "MESSAGE %s SIP/2.0\r\n"
-                                  "Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bK-msg-%ld;rport\r\n"
+                                  "%s %s SIP/2.0\r\n"
+                                  "Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bK-req-%ld;rport\r\n"
                                   "From: <sip:%s@localhost>;tag=m%ld\r\n"
-                                  "To: <%s>\r\n"
+                                  "To: <%s>%s%s\r\n"
                                   "Call-ID: msg-%ld@127.0.0.1\r\n"
-                                  "CSeq: %u MESSAGE\r\n"
+                                  "CSeq: %u %s\r\n"
                                   "Max-Forwards: 70\r\n"
                                   "%s"
                                   "Content-Type: %s\r\n"
                                   "Content-Length: %zu\r\n\r\n%s",
-                                  target, ua->port, id, ua->user, id, target, id, cseq,
+                                  method, target, ua->port, id, ua->user, id, target,
+                                  to_tag ? ";tag=" : "", to_tag ? to_tag : "", id, cseq, method,
                                   extra_headers ? extra_headers : "",
                                   content_type ? content_type : "text/plain", strlen(body), body),
                          0);
         return transaction(ua, req, response, size);
+}
+
+int tl_ua_message(struct tl_ua *ua, const char *to_user, const char *content_type,
+                  const char *body, const char *extra_headers, char *response, size_t size) {
+        return tl_ua_request(ua, "MESSAGE", to_user, NULL, content_type, body, extra_headers,
+                             response, size);
 }
 
 static const char *remembered(int port, const char *branch) {

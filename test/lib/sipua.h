@@ -39,6 +39,11 @@ int tl_ua_register(struct tl_ua *ua, int expires);
 int tl_ua_message(struct tl_ua *ua, const char *to_user, const char *content_type,
                   const char *body, const char *extra_headers, char *response, size_t size);
 
+/* Any request (method) with a body; to_tag non-NULL makes it look in-dialog. */
+int tl_ua_request(struct tl_ua *ua, const char *method, const char *to_user, const char *to_tag,
+                  const char *content_type, const char *body, const char *extra_headers,
+                  char *response, size_t size);
+
 /* The next request received within timeout_ms, as text (malloc'd), or NULL. Retransmissions
  * of a request already returned (same top Via branch) are answered again with the status
  * given before, when there was one, and skipped. */
