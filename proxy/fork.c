@@ -558,8 +558,10 @@ static int on_branch_response(struct fork_branch *b, nta_outgoing_t *orq, const 
         }
         msg_t *msg = nta_outgoing_getresponse(orq);
         sip_t *rs = sip_object(msg);
-        sip_via_remove(msg, rs);
+        /* The modules see the response with our Via still on top: it names the transport
+         * the branch used, which NatHelper needs. */
         modules_on_response(f->proxy->modules, f->proxy->n_modules, msg, rs);
+        sip_via_remove(msg, rs);
         if (!rs->sip_via) {
                 /* It was addressed to us, not to be relayed (§16.7 step 3). */
                 msg_destroy(msg);

@@ -14,6 +14,8 @@ sipfleet_packages=(
         python3-h2
         # Redis failover tests: real sentinels
         redis-sentinel
+        # SIPp over TLS: Debian's SIPp has no TLS, stunnel4 wraps its TCP
+        stunnel4
         # auth: MariaDB/MySQL account store (client library; a real server and python3 for tests)
         libmariadb-dev mariadb-server python3
 )

@@ -183,6 +183,77 @@ START_TEST(test_calls_tcp) {
 }
 END_TEST
 
+/* Debian's SIPp has no TLS: stunnel4 (client mode) turns SIPp's TCP into TLS to the proxy's
+ * TLS transport, verifying the proxy's certificate against the test CA. Returns the local
+ * TCP port to give SIPp. */
+static int stunnel_start(struct tl_proc *p, const char *tls_dir, int tls_port) {
+        int port = tl_free_port();
+        _cleanup_free_ char *conf = NULL, *path = NULL;
+        ck_assert_int_ge(asprintf(&conf,
+                                  "foreground = yes\n"
+                                  "pid =\n"
+                                  "[sip-tls]\n"
+                                  "client = yes\n"
+                                  "accept = 127.0.0.1:%d\n"
+                                  "connect = 127.0.0.1:%d\n"
+                                  "CAfile = %s/cafile.pem\n"
+                                  "verifyChain = yes\n"
+                                  "checkIP = 127.0.0.1\n",
+                                  port, tls_port, tls_dir),
+                         0);
+        path = tl_write_file("stunnel.conf", conf);
+        char *argv[] = {"/usr/bin/stunnel4", path, NULL};
+        tl_spawn("stunnel", argv, p);
+        ck_assert_msg(tl_wait_tcp(port, 10000) == 0, "stunnel did not start");
+        return port;
+}
+
+/* SIPp over TLS (through stunnel): REGISTER, and a call from a TLS caller to a UDP callee
+ * through Record-Route (ACK and BYE on the caller's TLS connection). */
+START_TEST(test_calls_tls_via_stunnel) {
+        _cleanup_free_ char *dir = tl_tls_dir("tls", NULL);
+        proxy.tls_port = tl_free_port();
+        _cleanup_free_ char *extra = NULL;
+        ck_assert_int_ge(asprintf(&extra,
+                                  "[global]\ntls-certificates-dir=%s\n"
+                                  "[module::Registrar]\ndb-implementation=internal\n",
+                                  dir),
+                         0);
+        start_proxy(extra);
+        struct tl_proc tunnel;
+        int tunnel_port = stunnel_start(&tunnel, dir, proxy.tls_port);
+        char udp_remote[64];
+        snprintf(udp_remote, sizeof udp_remote, "%s", remote);
+
+        /* REGISTER over TLS: the binding names the TLS connection. SIPp writes TLS in its
+         * Via and Contact (nta drops a request whose Via names another transport than the
+         * one it came on). */
+        snprintf(remote, sizeof remote, "127.0.0.1:%d", tunnel_port);
+        const char *reg_args[] = {remote, "-m", "1", "-s", "carol", "-t", "t1", "-key", "q", "1",
+                                  NULL};
+        struct tl_proc reg;
+        tl_sipp_spawn(&reg, "register", templated("reg-user", "transport", "TLS"), 0, reg_args);
+        ck_assert_msg(tl_sipp_wait(&reg, "register", 20000) == 0, "REGISTER of carol over TLS");
+        json_t *j = tl_ctl(proxy.sock, "REGISTRAR_GET sip:carol@localhost");
+        _cleanup_free_ char *text = json_dumps(j, 0);
+        ck_assert_msg(strstr(text, "transport=tls"), "carol's binding: %s", text);
+        json_decref(j);
+
+        /* bob over UDP, the caller over TLS. */
+        snprintf(remote, sizeof remote, "%s", udp_remote);
+        int port = ua_register("bob", "u1", "1");
+        struct ua bob;
+        ua_start(&bob, "bob", "uas-answer", "bob", port, "u1", NULL);
+        snprintf(remote, sizeof remote, "127.0.0.1:%d", tunnel_port);
+        ck_assert_int_eq(caller(templated("uac-call", "transport", "TLS"), "bob", "t1", NULL), 0);
+        ua_expect_pass(&bob);
+        ck_assert_int_eq(tl_counter(proxy.sock, "global/count-incoming-request-bye"), 1);
+        tl_stop(&tunnel);
+        stop_proxy();
+        proxy.tls_port = 0;
+}
+END_TEST
+
 START_TEST(test_calls_fork_first_answer_wins) {
         start_proxy(NULL);
         int p1 = ua_register("bob", "u1", "1");
@@ -607,6 +678,7 @@ static Suite *calls_suite(void) {
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, test_calls_udp);
         tcase_add_test(tc, test_calls_tcp);
+        tcase_add_test(tc, test_calls_tls_via_stunnel);
         tcase_add_test(tc, test_calls_fork_first_answer_wins);
         tcase_add_test(tc, test_calls_fork_busy_and_answer);
         tcase_add_test(tc, test_calls_fork_decline_everywhere);
