@@ -91,6 +91,19 @@ void fork_branch_reply(struct fork_branch *b, int status, const char *phrase);
 /* The branch request left the chain (sent, answered, or dropped by a module). */
 void fork_branch_chain_done(struct fork_branch *b);
 
+/* Hooks of the MediaRelay module (proxy->fork_hooks), which must rewrite the SDP of a
+ * response after an NG round trip, without blocking the loop. */
+struct fork_hooks {
+        /* Each response of a branch, after the modules' on_response. Returning true holds msg
+         * (ownership taken): the branch keeps its fork alive until fork_branch_release(b, msg)
+         * relays it on (fork_free_all at shutdown frees held branches: drop msg then). */
+        bool (*hold_response)(void *userdata, struct fork_branch *b, msg_t *msg, sip_t *sip);
+        /* An INVITE fork ends: its request and the final status sent upstream (0: none). */
+        void (*fork_ended)(void *userdata, const sip_t *request, int final_status);
+        void *userdata;
+};
+void fork_branch_release(struct fork_branch *b, msg_t *msg);
+
 /* The caller CANCELled (reason: its Reason header, may be NULL). */
 void fork_cancel(struct fork *f, const sip_reason_t *reason);
 

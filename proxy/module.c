@@ -19,6 +19,7 @@ static const struct module_desc *const chain[] = {
         &module_nat,
         &module_registrar,
         &module_router,
+        &module_media,
         &module_forward,
 };
 

@@ -67,4 +67,5 @@ extern const struct module_desc module_dos;
 extern const struct module_desc module_registrar;
 extern const struct module_desc module_router;
 extern const struct module_desc module_forward;
+extern const struct module_desc module_media;
 extern const struct module_desc module_sanity;
