@@ -8,6 +8,8 @@ sipfleet_packages=(
         libcurl4-openssl-dev libsqlite3-dev libsystemd-dev
         # tests: Check, real servers and peers, unit verification
         check libsubunit-dev redis-server redis-tools sip-tester systemd liblinphone-dev
+        # media relay interop test (Kamailio's rtpengine module) and benchmark (rtpengine)
+        kamailio rtpengine-daemon
 )
 
 sipfleet_install_deps() {
@@ -29,4 +31,8 @@ sipfleet_install_deps() {
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}"
+        # Tests run their own kamailio and rtpengine on free ports: not the packaged services.
+        if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+                systemctl disable --now kamailio.service rtpengine-daemon.service 2>/dev/null || true
+        fi
 }
