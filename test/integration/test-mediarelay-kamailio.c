@@ -179,6 +179,7 @@ START_TEST(test_kamailio_rtpengine_module) {
 
         int st = tl_stop(&kam);
         ck_assert_msg(WIFEXITED(st) || WIFSIGNALED(st), "kamailio");
+        free(kam.log);
         tl_daemon_done(&relay);
 }
 END_TEST

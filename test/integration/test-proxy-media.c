@@ -628,6 +628,7 @@ START_TEST(test_media_bad_config) {
                 _cleanup_free_ char *log = tl_log(&p);
                 ck_assert_msg(strstr(log, bad[i][1]), "'%s': %s", bad[i][0], log);
                 ck_assert_ptr_null(strstr(log, "Sanitizer"));
+                free(p.log);
         }
 }
 END_TEST
