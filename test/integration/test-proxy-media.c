@@ -2,9 +2,10 @@
 /* The proxy's MediaRelay module with real sipfleet-mediarelay daemons: a caller written here
  * (raw SIP over UDP) calls bob (test/lib/sipua.h for REGISTER and the requests bob receives)
  * through the built proxy; the SDP on both sides names the relay, RTP sent by plain UDP
- * sockets crosses the relay both ways, re-INVITEs keep the ports, BYE and CANCEL delete the
- * relay's session (NG `list` on the relay), forked early media from two devices, the marker
- * of an already relayed call, and failover when the first relay hangs (SIGSTOP). */
+ * sockets crosses the relay both ways, re-INVITEs keep the ports, BYE, CANCEL, a decline and
+ * Timer C delete the relay's session (NG `list` on the relay), forked early media from two
+ * devices, the marker of an already relayed call, failover when the first relay hangs
+ * (SIGSTOP), a call going on unchanged when no relay answers, and bad configs. */
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <netinet/in.h>
@@ -57,7 +58,7 @@ static void proxy_start_with(const char *media_conf) {
                                   "log-level=debug\n"
                                   "[module::Registrar]\nreg-domains=localhost\n"
                                   "db-implementation=internal\n"
-                                  "[module::Router]\ntimer-c=5s\n"
+                                  "[module::Router]\ntimer-c=1s\n"
                                   "[module::MediaRelay]\nenabled=true\n%s",
                                   media_conf),
                          0);
@@ -238,11 +239,11 @@ static void caller_send(struct caller *c, const char *method, const char *sdp, c
         sock_send(&c->sip, proxy.port, req, strlen(req));
 }
 
-/* The next response with this status (others skipped; 100 always), within 5 s. */
+/* The next response with this status (others skipped; 100 always), within 8 s. */
 static char *caller_expect(struct caller *c, int status) {
         char *buf = malloc(65536);
         ck_assert_ptr_nonnull(buf);
-        for (int waited = 0; waited < 5000;) {
+        for (int waited = 0; waited < 8000;) {
                 size_t n = sock_recv(&c->sip, buf, 65536, 250);
                 waited += n ? 0 : 250;
                 if (!n || strncmp(buf, "SIP/2.0 ", 8) != 0)
@@ -472,6 +473,31 @@ START_TEST(test_media_cancel_and_failure_delete) {
 }
 END_TEST
 
+/* bob rings and never answers: Timer C ends the branch with 408, and the session goes. */
+START_TEST(test_media_timeout_delete) {
+        relay_start(&relays[0]);
+        proxy_start_with(relays_conf(&relays[0], NULL, NULL));
+        struct tl_ua bob;
+        tl_ua_open(&bob, "bob", NULL, proxy.port);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        struct caller c;
+        caller_new(&c, "media-timeout@test");
+        _cleanup_free_ char *offer = make_sdp(c.rtp.port, 1);
+        caller_send(&c, "INVITE", offer, NULL, true);
+        _cleanup_free_ char *inv = bob_expect(&bob, "INVITE");
+        bob_reply(&bob, inv, 180, "bob1", NULL);
+        ck_assert_uint_eq(relay_calls(&relays[0]), 1);
+        free(caller_expect(&c, 408));
+        caller_send(&c, "ACK", NULL, NULL, false);
+        wait_relay_calls(&relays[0], 0);
+        ck_assert_int_eq(media_counter("count-deletes"), 1);
+        caller_free(&c);
+        tl_ua_close(&bob);
+        tl_proxy_done(&proxy);
+        tl_daemon_done(&relays[0].d);
+}
+END_TEST
+
 START_TEST(test_media_forked_early_media) {
         relay_start(&relays[0]);
         proxy_start_with(relays_conf(&relays[0], NULL, NULL));
@@ -606,6 +632,38 @@ START_TEST(test_media_failover) {
 }
 END_TEST
 
+/* No relay answers at all: the call goes on with its own SDP, counted. */
+START_TEST(test_media_no_relay_answers) {
+        char conf[128];
+        snprintf(conf, sizeof conf, "relays=127.0.0.1:%d\ntimeout=200ms\n", tl_free_port());
+        proxy_start_with(conf);
+        struct tl_ua bob;
+        tl_ua_open(&bob, "bob", NULL, proxy.port);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        struct caller c;
+        caller_new(&c, "media-norelay@test");
+        _cleanup_free_ char *offer = make_sdp(c.rtp.port, 1);
+        caller_send(&c, "INVITE", offer, NULL, true);
+        _cleanup_free_ char *inv = bob_expect(&bob, "INVITE");
+        ck_assert_int_eq(sdp_port(inv), c.rtp.port);
+        _cleanup_free_ char *marker = tl_sip_header(inv, "X-Sipfleet-Media-Relay");
+        ck_assert_ptr_null(marker);
+        bob_reply(&bob, inv, 486, "bob1", NULL);
+        free(caller_expect(&c, 486));
+        caller_send(&c, "ACK", NULL, NULL, false);
+        ck_assert_int_eq(media_counter("count-unrelayed"), 1);
+        ck_assert_int_ge(media_counter("count-ng-timeouts"), 1);
+        ck_assert_int_eq(media_counter("calls"), 0);
+        json_t *j = tl_ctl(proxy.sock, "MEDIA_RELAYS");
+        ck_assert(json_is_false(json_object_get(json_array_get(json_object_get(j, "relays"), 0),
+                                                "up")));
+        json_decref(j);
+        caller_free(&c);
+        tl_ua_close(&bob);
+        tl_proxy_done(&proxy);
+}
+END_TEST
+
 START_TEST(test_media_bad_config) {
         static const char *const bad[][2] = {
                 {"relays=\n", "relays is empty"},
@@ -639,8 +697,10 @@ static Suite *media_suite(void) {
         tcase_set_timeout(tc, 120);
         tcase_add_test(tc, test_media_call_rtp_reinvite_bye);
         tcase_add_test(tc, test_media_cancel_and_failure_delete);
+        tcase_add_test(tc, test_media_timeout_delete);
         tcase_add_test(tc, test_media_forked_early_media);
         tcase_add_test(tc, test_media_failover);
+        tcase_add_test(tc, test_media_no_relay_answers);
         tcase_add_test(tc, test_media_bad_config);
         suite_add_tcase(s, tc);
         return s;
