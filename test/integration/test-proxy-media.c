@@ -2,7 +2,8 @@
 /* The proxy's MediaRelay module with real sipfleet-mediarelay daemons: a caller written here
  * (raw SIP over UDP) calls bob (test/lib/sipua.h for REGISTER and the requests bob receives)
  * through the built proxy; the SDP on both sides names the relay, RTP sent by plain UDP
- * sockets crosses the relay both ways, re-INVITEs keep the ports, BYE, CANCEL, a decline and
+ * sockets crosses the relay both ways, re-INVITEs from either side keep the ports, BYE,
+ * CANCEL, a decline and
  * Timer C delete the relay's session (NG `list` on the relay), forked early media from two
  * devices, the marker of an already relayed call, failover when the first relay hangs
  * (SIGSTOP), a call going on unchanged when no relay answers, and bad configs. */
@@ -394,6 +395,47 @@ START_TEST(test_media_call_rtp_reinvite_bye) {
         caller_send(&c, "ACK", NULL, NULL, true);
         expect_rtp(&bob_rtp, to_bob_port, &c.rtp, 4);
 
+        /* A re-INVITE from bob's side (its own from-tag) finds the same ports too. */
+        _cleanup_free_ char *bob_offer = make_sdp(bob_rtp.port, 3), *breq = NULL;
+        ck_assert_int_ge(asprintf(&breq,
+                                  "INVITE sip:alice@127.0.0.1:%d SIP/2.0\r\n"
+                                  "Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bK-bob-re;rport\r\n"
+                                  "Route: %s\r\n"
+                                  "From: <sip:bob@localhost>;tag=bob1\r\n"
+                                  "To: <sip:alice@localhost>;tag=%s\r\n"
+                                  "Call-ID: %s\r\nCSeq: 100 INVITE\r\n"
+                                  "Contact: <sip:bob@127.0.0.1:%d>\r\nMax-Forwards: 70\r\n"
+                                  "Content-Type: application/sdp\r\nContent-Length: %zu\r\n\r\n%s",
+                                  c.sip.port, bob.port, c.route, c.tag, c.call_id,
+                                  bob.port, strlen(bob_offer), bob_offer),
+                         0);
+        struct sockaddr_in proxy_sa = loopback(proxy.port);
+        ck_assert_int_eq(sendto(bob.fd, breq, strlen(breq), 0, (struct sockaddr *)&proxy_sa,
+                                sizeof proxy_sa),
+                         (ssize_t)strlen(breq));
+        char *got = malloc(65536);
+        ck_assert_ptr_nonnull(got);
+        do
+                ck_assert_msg(sock_recv(&c.sip, got, 65536, 5000) > 0, "caller: no re-INVITE");
+        while (strncmp(got, "INVITE ", 7) != 0);
+        ck_assert_int_eq(sdp_port(got), to_alice_port);
+        struct tl_ua as_caller = {.fd = c.sip.fd, .port = c.sip.port};
+        memcpy(&as_caller.peer, &proxy_sa, sizeof proxy_sa);
+        as_caller.peer_len = sizeof proxy_sa;
+        _cleanup_free_ char *alice_answer = make_sdp(c.rtp.port, 3);
+        bob_reply(&as_caller, got, 200, c.tag, alice_answer);
+        free(got);
+        char *bob_ok = malloc(65536);
+        ck_assert_ptr_nonnull(bob_ok);
+        struct sock bob_sip = {.fd = bob.fd, .port = bob.port};
+        do
+                ck_assert_msg(sock_recv(&bob_sip, bob_ok, 65536, 5000) > 0, "bob: no 200");
+        while (strncmp(bob_ok, "SIP/2.0 200", 11) != 0);
+        ck_assert_int_eq(sdp_port(bob_ok), to_bob_port);
+        free(bob_ok);
+        expect_rtp(&c.rtp, to_alice_port, &bob_rtp, 5);
+        expect_rtp(&bob_rtp, to_bob_port, &c.rtp, 6);
+
         /* BYE deletes the relay's session. */
         c.cseq++;
         caller_send(&c, "BYE", NULL, NULL, true);
@@ -401,8 +443,8 @@ START_TEST(test_media_call_rtp_reinvite_bye) {
         bob_reply(&bob, bye, 200, "bob1", NULL);
         free(caller_expect(&c, 200));
         wait_relay_calls(&relays[0], 0);
-        ck_assert_int_eq(media_counter("count-offers"), 2);
-        ck_assert_int_eq(media_counter("count-answers"), 2);
+        ck_assert_int_eq(media_counter("count-offers"), 3);
+        ck_assert_int_eq(media_counter("count-answers"), 3);
         ck_assert_int_eq(media_counter("count-deletes"), 1);
         ck_assert_int_eq(media_counter("calls"), 0);
 
