@@ -7,6 +7,9 @@
  *   on to Forward. A 18x/2xx with SDP answering such an offer is held (fork_hooks) while the
  *   relay answers an NG `answer`, then relayed with the relay's SDP. Forked early media: each
  *   18x with its own to-tag gets its `answer`; the relay keeps the latest one.
+ * - Late offer: an INVITE without SDP is marked; the 2xx carrying the callee's offer is held
+ *   for an NG `offer` (from-tag: the To tag), and the ACK carrying the answer is suspended for
+ *   the NG `answer`.
  * - BYE sends `delete`; an initial INVITE whose fork ends without a 2xx (all branches failed,
  *   CANCEL, timeout) too.
  * - Calls stick to their relay (a table by Call-ID), so re-INVITEs keep their ports. A new call
@@ -56,6 +59,8 @@ struct call {
         struct call *prev, *next;       /* least recently touched first */
         unsigned relay;
         uint32_t offer_cseq;            /* CSeq of the last offer sent to the relay */
+        uint32_t late_cseq;             /* CSeq of an INVITE without SDP (late offer), or 0 */
+        bool late_offered;              /* its 2xx's offer went to the relay: the ACK answers */
         uint64_t touched;               /* monotonic ms */
 };
 
@@ -77,8 +82,8 @@ struct ng_op {
         bool retransmitted;
         uint64_t sent_at;
         ng_done_fn done;
-        struct proxy_request *req; /* NG_OFFER */
-        struct fork_branch *branch; /* NG_ANSWER: the held response */
+        struct proxy_request *req; /* a suspended request (offer, or a late offer's ACK) */
+        struct fork_branch *branch; /* a held response (answer, or a late offer) */
         msg_t *msg;
         char *call_id;
 };
@@ -486,20 +491,18 @@ static int set_body(msg_t *msg, sip_t *sip, const char *sdp, size_t len) {
         return 0;
 }
 
-static struct bencode *ng_dict(const char *command, const sip_t *sip, const char *sdp) {
+static struct bencode *ng_dict(const char *command, const char *call_id, const char *from_tag,
+                               const char *to_tag, const char *sdp) {
         struct bencode *d = bencode_new_dict();
         bencode_dict_add_str(d, "command", command);
-        bencode_dict_add_str(d, "call-id", sip->sip_call_id->i_id);
-        if (sip->sip_from && sip->sip_from->a_tag)
-                bencode_dict_add_str(d, "from-tag", sip->sip_from->a_tag);
-        if (sdp) {
-                if (sip->sip_to && sip->sip_to->a_tag && sip->sip_status)
-                        bencode_dict_add_str(d, "to-tag", sip->sip_to->a_tag);
-                bencode_dict_add_str(d, "sdp", sdp);
-                struct bencode *replace = bencode_new_list();
-                bencode_list_add(replace, bencode_new_str("origin"));
-                bencode_dict_add(d, "replace", replace);
-        }
+        bencode_dict_add_str(d, "call-id", call_id);
+        bencode_dict_add_str(d, "from-tag", from_tag);
+        if (to_tag)
+                bencode_dict_add_str(d, "to-tag", to_tag);
+        bencode_dict_add_str(d, "sdp", sdp);
+        struct bencode *replace = bencode_new_list();
+        bencode_list_add(replace, bencode_new_str("origin"));
+        bencode_dict_add(d, "replace", replace);
         return d;
 }
 
@@ -513,36 +516,30 @@ static void ng_delete(struct media *md, struct call *c, const char *why) {
         call_free(md, c);
 }
 
-static bool has_marker(const sip_t *sip);
+static bool has_marker(const sip_t *sip) {
+        for (const sip_unknown_t *u = sip->sip_unknown; u; u = u->un_next)
+                if (u->un_name && strcaseeq(u->un_name, MARKER_HEADER))
+                        return true;
+        return false;
+}
 
-static void offer_done(struct ng_op *op, const struct bencode *reply) {
-        struct media *md = op->md;
-        struct proxy_request *req = op->req;
-        struct call *c = call_find(md, op->call_id);
-        const char *sdp = reply ? bencode_dict_get_str(reply, "sdp") : NULL;
-        if (!reply || !sdp) {
-                stats_inc(md->count_unrelayed);
-                log_warning("No media relay answered the offer: the call goes without one.");
-                if (c && !(req->sip->sip_to && req->sip->sip_to->a_tag) && !c->offer_cseq)
-                        call_free(md, c);
-                proxy_request_resume(req, MODULE_CONTINUE);
+/* The call moved to another relay (an offer failed over). */
+static void call_move(struct media *md, struct call *c, unsigned relay) {
+        if (c->relay == relay)
                 return;
-        }
-        if (c && c->relay != op->relay) {
-                /* Failed over: the call lives on the new relay now. */
-                if (md->relays[c->relay].calls > 0)
-                        md->relays[c->relay].calls--;
-                c->relay = op->relay;
-                md->relays[c->relay].calls++;
-        }
-        if (c && req->sip->sip_cseq)
-                c->offer_cseq = req->sip->sip_cseq->cs_seq;
+        if (md->relays[c->relay].calls > 0)
+                md->relays[c->relay].calls--;
+        c->relay = relay;
+        md->relays[c->relay].calls++;
+}
+
+/* Puts sdp (may be NULL) into a request, and the marker on an INVITE or UPDATE. */
+static void request_rewrite(struct proxy_request *req, const char *sdp) {
         if (!req->branch) {
                 /* The incoming message stays as nta received it: work on a copy. */
                 msg_t *copy = msg_copy(req->msg);
                 if (!copy) {
                         log_oom();
-                        proxy_request_resume(req, MODULE_CONTINUE);
                         return;
                 }
                 msg_destroy(req->msg);
@@ -553,50 +550,79 @@ static void offer_done(struct ng_op *op, const struct bencode *reply) {
         }
         msg_t *msg = req->msg;
         sip_t *sip = req->sip;
-        /* Inserted at the top: a header appended would land after the body. */
-        msg_header_t *marker = has_marker(sip) ? NULL
-                                               : msg_header_make(msg_home(msg), sip_unknown_class,
-                                                                 MARKER_HEADER ": yes");
-        if (set_body(msg, sip, sdp, strlen(sdp)) < 0 ||
-            (!has_marker(sip) &&
-             (!marker || msg_header_insert(msg, (msg_pub_t *)sip, marker) < 0)))
+        if (sdp && set_body(msg, sip, sdp, strlen(sdp)) < 0)
                 log_oom();
-        log_debug("SDP of the %s replaced by the relay's (%s).", sip->sip_request->rq_method_name,
-                  md->relays[op->relay].name);
-        proxy_request_resume(req, MODULE_CONTINUE);
+        if (sip->sip_request->rq_method == sip_method_ack || has_marker(sip))
+                return;
+        /* Inserted at the top: a header appended would land after the body. */
+        msg_header_t *marker = msg_header_make(msg_home(msg), sip_unknown_class,
+                                               MARKER_HEADER ": yes");
+        if (!marker || msg_header_insert(msg, (msg_pub_t *)sip, marker) < 0)
+                log_oom();
 }
 
-static bool has_marker(const sip_t *sip) {
-        for (const sip_unknown_t *u = sip->sip_unknown; u; u = u->un_next)
-                if (u->un_name && strcaseeq(u->un_name, MARKER_HEADER))
-                        return true;
-        return false;
+/* The NG reply to an offer (INVITE, UPDATE) or to a late offer's answer (ACK). */
+static void request_done(struct ng_op *op, const struct bencode *reply) {
+        struct media *md = op->md;
+        struct proxy_request *req = op->req;
+        struct call *c = call_find(md, op->call_id);
+        const char *sdp = reply ? bencode_dict_get_str(reply, "sdp") : NULL;
+        sip_method_t method = req->sip->sip_request->rq_method;
+        if (!sdp) {
+                stats_inc(md->count_unrelayed);
+                log_warning("No media relay answered for the %s: it goes on unchanged.",
+                            req->sip->sip_request->rq_method_name);
+                if (c && op->kind == NG_OFFER && !(req->sip->sip_to && req->sip->sip_to->a_tag) &&
+                    !c->offer_cseq)
+                        call_free(md, c);
+                proxy_request_resume(req, MODULE_CONTINUE);
+                return;
+        }
+        if (c && op->kind == NG_OFFER) {
+                call_move(md, c, op->relay);
+                c->offer_cseq = req->sip->sip_cseq->cs_seq;
+                c->late_cseq = 0;
+        } else if (c && method == sip_method_ack) {
+                c->late_cseq = 0;
+        }
+        request_rewrite(req, sdp);
+        log_debug("SDP of the %s replaced by the relay's (%s).",
+                  req->sip->sip_request->rq_method_name, md->relays[op->relay].name);
+        proxy_request_resume(req, MODULE_CONTINUE);
 }
 
 static enum module_result media_request(struct module *m, struct proxy_request *req) {
         struct media *md = m->state;
         const sip_t *sip = req->sip;
         sip_method_t method = sip->sip_request->rq_method;
-        if (!sip->sip_call_id || !sip->sip_from || !sip->sip_from->a_tag)
+        if (!sip->sip_call_id || !sip->sip_from || !sip->sip_from->a_tag || !sip->sip_cseq)
                 return MODULE_CONTINUE;
         bool in_dialog = sip->sip_to && sip->sip_to->a_tag;
         struct call *c = call_find(md, sip->sip_call_id->i_id);
+        const char *sdp = sdp_body(sip);
 
         if (method == sip_method_bye) {
                 if (c)
                         ng_delete(md, c, "BYE");
                 return MODULE_CONTINUE;
         }
-        if (method != sip_method_invite && method != sip_method_update)
-                return MODULE_CONTINUE;
-        const char *sdp = sdp_body(sip);
-        if (!sdp)
-                return MODULE_CONTINUE;
-        if (!c && (in_dialog || has_marker(sip))) {
-                /* Not a call of ours: another proxy relays it, or it started without us. */
-                stats_inc(md->count_skipped);
+        if (method == sip_method_ack) {
+                /* Late offer: the ACK carries the answer to the offer of the 2xx, whose
+                 * offerer is the callee (the To tag here). */
+                if (!c || !sdp || !in_dialog || !c->late_offered ||
+                    c->late_cseq != sip->sip_cseq->cs_seq)
+                        return MODULE_CONTINUE;
+        } else if (method != sip_method_invite && method != sip_method_update) {
                 return MODULE_CONTINUE;
         }
+        if (!c && (in_dialog || has_marker(sip))) {
+                /* Not a call of ours: another proxy relays it, or it started without us. */
+                if (method == sip_method_invite)
+                        stats_inc(md->count_skipped);
+                return MODULE_CONTINUE;
+        }
+        if (!sdp && method != sip_method_invite)
+                return MODULE_CONTINUE;
         int relay = c ? (int)c->relay : relay_pick(md, sip->sip_call_id->i_id, 0);
         if (relay < 0)
                 return MODULE_CONTINUE;
@@ -607,33 +633,51 @@ static enum module_result media_request(struct module *m, struct proxy_request *
                 return MODULE_CONTINUE;
         }
         call_touch(md, c);
-        /* New calls and re-offers may move to another relay; a re-offer there gets new ports,
-         * better than no media. */
+        if (!sdp) {
+                /* An INVITE without SDP: the offer will come in the 2xx. */
+                c->late_cseq = sip->sip_cseq->cs_seq;
+                c->late_offered = false;
+                request_rewrite(req, NULL);
+                return MODULE_CONTINUE;
+        }
         _cleanup_free_ char *sdp_text = strndup(sdp, sip->sip_payload->pl_len);
         char *call_id = strdup(sip->sip_call_id->i_id);
-        struct ng_op *op = sdp_text && call_id
-                                   ? ng_send(md, ng_dict("offer", sip, sdp_text), NG_OFFER,
-                                             (unsigned)relay, true, offer_done)
-                                   : NULL;
+        bool ack = method == sip_method_ack;
+        /* New calls and re-offers may move to another relay; a re-offer there gets new ports,
+         * better than no media. An answer stays with the call's relay. */
+        struct bencode *d = !sdp_text || !call_id ? NULL
+                            : ack ? ng_dict("answer", call_id, sip->sip_to->a_tag,
+                                            sip->sip_from->a_tag, sdp_text)
+                                  : ng_dict("offer", call_id, sip->sip_from->a_tag, NULL,
+                                            sdp_text);
+        struct ng_op *op = d ? ng_send(md, d, ack ? NG_ANSWER : NG_OFFER, (unsigned)relay, !ack,
+                                       request_done)
+                             : NULL;
         if (!op) {
                 free(call_id);
                 stats_inc(md->count_unrelayed);
-                if (!c->offer_cseq)
+                if (!ack && !c->offer_cseq && !c->late_offered)
                         call_free(md, c);
                 return MODULE_CONTINUE;
         }
-        stats_inc(md->count_offers);
+        stats_inc(ack ? md->count_answers : md->count_offers);
         op->req = req;
         op->call_id = call_id;
         return MODULE_SUSPEND;
 }
 
-static void answer_done(struct ng_op *op, const struct bencode *reply) {
+/* The NG reply to an answer (18x/2xx) or to a late offer (2xx to an INVITE without SDP). */
+static void response_done(struct ng_op *op, const struct bencode *reply) {
         struct media *md = op->md;
         msg_t *msg = TAKE_PTR(op->msg);
         sip_t *sip = sip_object(msg);
         const char *sdp = reply ? bencode_dict_get_str(reply, "sdp") : NULL;
         if (sdp) {
+                struct call *c = call_find(md, op->call_id);
+                if (c && op->kind == NG_OFFER) {
+                        call_move(md, c, op->relay);
+                        c->late_offered = true;
+                }
                 if (set_body(msg, sip, sdp, strlen(sdp)) < 0)
                         log_oom();
         } else {
@@ -648,26 +692,38 @@ static bool media_hold_response(void *userdata, struct fork_branch *b, msg_t *ms
         struct media *md = userdata;
         int status = sip->sip_status->st_status;
         if (status <= 100 || status >= 300 || !sip->sip_cseq || !sip->sip_call_id ||
-            !sip->sip_to || !sip->sip_to->a_tag ||
+            !sip->sip_from || !sip->sip_from->a_tag || !sip->sip_to || !sip->sip_to->a_tag ||
             (sip->sip_cseq->cs_method != sip_method_invite &&
              sip->sip_cseq->cs_method != sip_method_update))
                 return false;
         const char *sdp = sdp_body(sip);
         struct call *c = sdp ? call_find(md, sip->sip_call_id->i_id) : NULL;
-        if (!c || c->offer_cseq != sip->sip_cseq->cs_seq)
+        if (!c)
+                return false;
+        uint32_t cseq = sip->sip_cseq->cs_seq;
+        /* An answer to our offer, or the offer of a 2xx to an INVITE without SDP (the callee
+         * offers: its tag is the offer's from-tag). */
+        bool answer = c->offer_cseq == cseq && !c->late_cseq;
+        bool late = c->late_cseq == cseq && status >= 200 &&
+                    sip->sip_cseq->cs_method == sip_method_invite;
+        if (!answer && !late)
                 return false;
         call_touch(md, c);
         _cleanup_free_ char *sdp_text = strndup(sdp, sip->sip_payload->pl_len);
         char *call_id = strdup(c->call_id);
-        struct ng_op *op = sdp_text && call_id ? ng_send(md, ng_dict("answer", sip, sdp_text),
-                                                         NG_ANSWER, c->relay, false, answer_done)
-                                               : NULL;
+        struct bencode *d = !sdp_text || !call_id ? NULL
+                            : late ? ng_dict("offer", call_id, sip->sip_to->a_tag, NULL, sdp_text)
+                                   : ng_dict("answer", call_id, sip->sip_from->a_tag,
+                                             sip->sip_to->a_tag, sdp_text);
+        struct ng_op *op = d ? ng_send(md, d, late ? NG_OFFER : NG_ANSWER, c->relay, late,
+                                       response_done)
+                             : NULL;
         if (!op) {
                 free(call_id);
                 stats_inc(md->count_unrelayed);
                 return false;
         }
-        stats_inc(md->count_answers);
+        stats_inc(late ? md->count_offers : md->count_answers);
         op->call_id = call_id;
         op->branch = b;
         op->msg = msg;

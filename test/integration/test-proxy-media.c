@@ -6,7 +6,8 @@
  * CANCEL, a decline and
  * Timer C delete the relay's session (NG `list` on the relay), forked early media from two
  * devices, the marker of an already relayed call, failover when the first relay hangs
- * (SIGSTOP), a call going on unchanged when no relay answers, and bad configs. */
+ * (SIGSTOP), a call going on unchanged when no relay answers, a late offer (SDP in the 200
+ * and the ACK), and bad configs. */
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <netinet/in.h>
@@ -515,6 +516,51 @@ START_TEST(test_media_cancel_and_failure_delete) {
 }
 END_TEST
 
+/* Late offer: an INVITE without SDP, the offer in bob's 200, the answer in the ACK. */
+START_TEST(test_media_late_offer) {
+        relay_start(&relays[0]);
+        proxy_start_with(relays_conf(&relays[0], NULL, NULL));
+        struct tl_ua bob;
+        tl_ua_open(&bob, "bob", NULL, proxy.port);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        struct sock bob_rtp = sock_new();
+        struct caller c;
+        caller_new(&c, "media-late@test");
+        caller_send(&c, "INVITE", NULL, NULL, true);
+        _cleanup_free_ char *inv = bob_expect(&bob, "INVITE");
+        _cleanup_free_ char *marker = tl_sip_header(inv, "X-Sipfleet-Media-Relay");
+        ck_assert_ptr_nonnull(marker);
+        _cleanup_free_ char *offer = make_sdp(bob_rtp.port, 1);
+        bob_reply(&bob, inv, 200, "bob1", offer);
+        _cleanup_free_ char *ok = caller_expect(&c, 200);
+        int to_alice = sdp_port(ok);
+        ck_assert_msg(in_range(&relays[0], to_alice), "late offer not rewritten:\n%s", ok);
+        caller_dialog(&c, ok);
+        _cleanup_free_ char *answer = make_sdp(c.rtp.port, 1);
+        caller_send(&c, "ACK", answer, NULL, true);
+        _cleanup_free_ char *ack = bob_expect(&bob, "ACK");
+        int to_bob = sdp_port(ack);
+        ck_assert_msg(in_range(&relays[0], to_bob), "ACK's answer not rewritten:\n%s", ack);
+        ck_assert_int_ne(to_bob, to_alice);
+        expect_rtp(&c.rtp, to_alice, &bob_rtp, 1);
+        expect_rtp(&bob_rtp, to_bob, &c.rtp, 2);
+        ck_assert_int_eq(media_counter("count-offers"), 1);
+        ck_assert_int_eq(media_counter("count-answers"), 1);
+
+        c.cseq++;
+        caller_send(&c, "BYE", NULL, NULL, true);
+        _cleanup_free_ char *bye = bob_expect(&bob, "BYE");
+        bob_reply(&bob, bye, 200, "bob1", NULL);
+        free(caller_expect(&c, 200));
+        wait_relay_calls(&relays[0], 0);
+        caller_free(&c);
+        close(bob_rtp.fd);
+        tl_ua_close(&bob);
+        tl_proxy_done(&proxy);
+        tl_daemon_done(&relays[0].d);
+}
+END_TEST
+
 /* bob rings and never answers: Timer C ends the branch with 408, and the session goes. */
 START_TEST(test_media_timeout_delete) {
         relay_start(&relays[0]);
@@ -739,6 +785,7 @@ static Suite *media_suite(void) {
         tcase_set_timeout(tc, 120);
         tcase_add_test(tc, test_media_call_rtp_reinvite_bye);
         tcase_add_test(tc, test_media_cancel_and_failure_delete);
+        tcase_add_test(tc, test_media_late_offer);
         tcase_add_test(tc, test_media_timeout_delete);
         tcase_add_test(tc, test_media_forked_early_media);
         tcase_add_test(tc, test_media_failover);
