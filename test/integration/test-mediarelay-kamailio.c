@@ -5,6 +5,7 @@
  * call goes through it to a SIPp callee. The relay must have seen offer, answer and delete,
  * hold no call afterwards, and both SIPp peers must have received SDP naming the relay. */
 #include <arpa/inet.h>
+#include <glob.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <sys/socket.h>
@@ -17,7 +18,6 @@
 #include "testlib.h"
 
 #define KAMAILIO     "/usr/sbin/kamailio"
-#define KAMAILIO_MOD "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 
 static struct tl_daemon relay;
 static int ng_port, port_lo, port_hi;
@@ -63,7 +63,7 @@ static const char kamailio_cfg[] =
         "fork=no\n"
         "children=1\n"
         "listen=udp:127.0.0.1:%d\n"
-        "mpath=\"" KAMAILIO_MOD "\"\n"
+        "mpath=\"%s\"\n"
         "loadmodule \"tm.so\"\n"
         "loadmodule \"sl.so\"\n"
         "loadmodule \"rr.so\"\n"
@@ -127,11 +127,23 @@ static int traced_sdp_port(const char *trace, const char *first_line, char *conn
         return -1;
 }
 
+/* Debian's modules directory, under the multiarch triplet (scripts/deps.sh installs kamailio). */
+static char *kamailio_modules(void) {
+        glob_t g;
+        ck_assert_msg(glob("/usr/lib/*/kamailio/modules/rtpengine.so", 0, NULL, &g) == 0,
+                      "kamailio's rtpengine module is not installed (package kamailio)");
+        char *dir = strndup(g.gl_pathv[0], strlen(g.gl_pathv[0]) - strlen("rtpengine.so"));
+        globfree(&g);
+        ck_assert_ptr_nonnull(dir);
+        return dir;
+}
+
 START_TEST(test_kamailio_rtpengine_module) {
+        _cleanup_free_ char *mpath = kamailio_modules();
         relay_start();
         int kport = tl_free_port(), uas_port = tl_free_port();
         _cleanup_free_ char *cfg_text = NULL, *rundir = tl_path("kamailio-run");
-        ck_assert_int_ge(asprintf(&cfg_text, kamailio_cfg, kport, ng_port, uas_port), 0);
+        ck_assert_int_ge(asprintf(&cfg_text, kamailio_cfg, kport, mpath, ng_port, uas_port), 0);
         _cleanup_free_ char *cfg = tl_write_file("kamailio.cfg", cfg_text);
         ck_assert_int_eq(mkdir(rundir, 0700), 0);
         char *kargv[] = {KAMAILIO, "-f", cfg, "-DD", "-E", "-Y", rundir, "-w", rundir,
