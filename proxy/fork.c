@@ -69,6 +69,7 @@ struct fork_branch {
         bool superseded;    /* a newer branch to the same device replaced it */
         fork_branch_observer_fn observer;
         void *observer_data;
+        unsigned held;      /* responses held by a response hook (fork_branch_release) */
 };
 
 /* Late forks of one AOR, oldest first. */
@@ -275,6 +276,9 @@ static void fork_free(struct fork *f) {
                         f->next->prev = f->prev;
                 p->n_forks--;
         }
+        const struct fork_hooks *h = p->fork_hooks;
+        if (f->started && f->invite && h && h->fork_ended)
+                h->fork_ended(h->userdata, sip_object(f->request), f->final_status);
         struct proxy_request *req = f->req;
         msg_t *request = f->request;
         free(f);
@@ -539,6 +543,24 @@ static void on_timer_c(struct loop_timer *t, void *userdata) {
         log_set_sip_context(NULL);
 }
 
+/* A response of branch b, after the modules' on_response: upstream (provisional, final). */
+static void relay_response(struct fork_branch *b, int status, msg_t *msg) {
+        struct fork *f = b->fork;
+        if (status < 200) {
+                b->status = status;
+                if (status > 100 && b->observer)
+                        b->observer(b, status, b->observer_data);
+                if (f->invite && b->timer_c && !b->cancelled)
+                        loop_timer_arm(b->timer_c, f->config->timer_c_ms);
+                if (status > 100 && !f->final_status && !b->done)
+                        send_upstream(f, status, NULL, msg);
+                else
+                        msg_destroy(msg);
+                return;
+        }
+        branch_final(b, status, NULL, msg);
+}
+
 static int on_branch_response(struct fork_branch *b, nta_outgoing_t *orq, const sip_t *sip) {
         struct fork *f = b->fork;
         int status = sip->sip_status->st_status;
@@ -569,24 +591,29 @@ static int on_branch_response(struct fork_branch *b, nta_outgoing_t *orq, const 
                         branch_final(b, status, sip->sip_status->st_phrase, NULL);
                 goto out;
         }
-        if (status < 200) {
-                b->status = status;
-                if (status > 100 && b->observer)
-                        b->observer(b, status, b->observer_data);
-                if (f->invite && b->timer_c && !b->cancelled)
-                        loop_timer_arm(b->timer_c, f->config->timer_c_ms);
-                if (status > 100 && !f->final_status && !b->done)
-                        send_upstream(f, status, NULL, msg);
-                else
-                        msg_destroy(msg);
+        const struct fork_hooks *h = f->proxy->fork_hooks;
+        if (h && h->hold_response && h->hold_response(h->userdata, b, msg, rs)) {
+                b->held++; /* relayed later by fork_branch_release() */
                 goto out;
         }
-        branch_final(b, status, NULL, msg);
+        relay_response(b, status, msg);
 out:
         f->busy--;
         fork_check(f);
         log_set_sip_context(NULL);
         return 0;
+}
+
+void fork_branch_release(struct fork_branch *b, msg_t *msg) {
+        struct fork *f = b->fork;
+        const struct log_sip_context *outer = log_get_sip_context();
+        log_set_sip_context(&f->origin.log_ctx);
+        f->busy++;
+        b->held--;
+        relay_response(b, sip_object(msg)->sip_status->st_status, msg);
+        f->busy--;
+        fork_check(f);
+        log_set_sip_context(outer);
 }
 
 void fork_branch_send(struct fork_branch *b, msg_t *msg) {
@@ -812,7 +839,7 @@ static void fork_check(struct fork *f) {
         for (;;) {
                 bool pending = false;
                 for (struct fork_branch *b = f->branches; b; b = b->next)
-                        if (!b->done || b->in_chain)
+                        if (!b->done || b->in_chain || b->held)
                                 pending = true;
                 if (pending)
                         break;

@@ -111,6 +111,18 @@ const char *fork_branch_uri(struct fork_branch *b);
 /* The device's unique id and the AOR it was routed for; NULL when not known. */
 const char *fork_branch_uid(struct fork_branch *b);
 const char *fork_branch_aor(struct fork_branch *b);
+/* Hooks of the MediaRelay module (proxy->fork_hooks), which must rewrite the SDP of a
+ * response after an NG round trip, without blocking the loop. */
+struct fork_hooks {
+        /* Each response of a branch, after the modules' on_response. Returning true holds msg
+         * (ownership taken): the branch keeps its fork alive until fork_branch_release(b, msg)
+         * relays it on (fork_free_all at shutdown frees held branches: drop msg then). */
+        bool (*hold_response)(void *userdata, struct fork_branch *b, msg_t *msg, sip_t *sip);
+        /* An INVITE fork ends: its request and the final status sent upstream (0: none). */
+        void (*fork_ended)(void *userdata, const sip_t *request, int final_status);
+        void *userdata;
+};
+void fork_branch_release(struct fork_branch *b, msg_t *msg);
 
 /* The caller CANCELled (reason: its Reason header, may be NULL). */
 void fork_cancel(struct fork *f, const sip_reason_t *reason);

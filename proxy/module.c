@@ -22,6 +22,7 @@ static const struct module_desc *const chain[] = {
         &module_registrar,
         &module_router,
         &module_push,
+        &module_media,
         &module_forward,
 };
 

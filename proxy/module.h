@@ -69,6 +69,7 @@ extern const struct module_desc module_registrar;
 extern const struct module_desc module_router;
 extern const struct module_desc module_push;
 extern const struct module_desc module_forward;
+extern const struct module_desc module_media;
 extern const struct module_desc module_sanity;
 extern const struct module_desc module_presence;
 

@@ -51,6 +51,7 @@ struct proxy {
         unsigned n_forks;
         struct fork_index *fork_index;         /* late forks by AOR (fork.c) */
         struct message_store *message_store;   /* set by the Router module; NULL: memory only */
+        const struct fork_hooks *fork_hooks;   /* set by MediaRelay (fork.h) */
 
         struct stats_counter *count_request[16];
         struct stats_counter *count_reply[16];

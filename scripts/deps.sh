@@ -18,6 +18,8 @@ sipfleet_packages=(
         stunnel4
         # auth: MariaDB/MySQL account store (client library; a real server and python3 for tests)
         libmariadb-dev mariadb-server python3
+        # media relay interop test (Kamailio's rtpengine module) and benchmark (rtpengine)
+        kamailio rtpengine-daemon
 )
 
 sipfleet_install_deps() {
@@ -39,4 +41,8 @@ sipfleet_install_deps() {
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}"
+        # Tests run their own kamailio and rtpengine on free ports: not the packaged services.
+        if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+                systemctl disable --now kamailio.service rtpengine-daemon.service 2>/dev/null || true
+        fi
 }

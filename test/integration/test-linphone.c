@@ -436,6 +436,45 @@ START_TEST(test_linphone_auth_call_tls) {
 }
 END_TEST
 
+/* The same call with sipfleet-mediarelay in the path ([module::MediaRelay]): both UAs get RTP
+ * and the relay's counters show it went through it; the call's session is gone after BYE. */
+START_TEST(test_linphone_call_media_relay) {
+        struct tl_daemon relay = {0};
+        int ng = tl_free_port(), lo = tl_free_port() & ~1;
+        if (lo > 65000)
+                lo = 50000;
+        _cleanup_free_ char *relay_conf = NULL, *conf = NULL;
+        ck_assert_int_ge(asprintf(&relay_conf,
+                                  "[mediarelay]\nng-listen=127.0.0.1:%d\nport-range=%d-%d\n"
+                                  "packet-threads=1\n",
+                                  ng, lo, lo + 99),
+                         0);
+        tl_daemon_start(&relay, "mediarelay", relay_conf);
+        ck_assert_int_ge(asprintf(&conf, "%s[module::MediaRelay]\nenabled=true\n"
+                                         "relays=127.0.0.1:%d\n",
+                                  proxy_conf(NULL), ng),
+                         0);
+        struct tl_proxy f = {0};
+        running_proxy = &f;
+        tl_proxy_start(&f, conf);
+        _cleanup_free_ char *uri = udp_uri(&f);
+        check_call(uri, NULL);
+
+        /* 2 s of 50 packets/s each way went through the relay. */
+        ck_assert_int_ge(tl_counter(relay.sock, "mediarelay/packets-relayed"), 100);
+        ck_assert_int_ge(tl_counter(f.sock, "module::MediaRelay/count-offers"), 1);
+        ck_assert_int_ge(tl_counter(f.sock, "module::MediaRelay/count-answers"), 1);
+        ck_assert_int_eq(tl_counter(f.sock, "module::MediaRelay/count-unrelayed"), 0);
+        ck_assert_int_ge(tl_counter(f.sock, "module::MediaRelay/count-deletes"), 1);
+        long long calls = -1;
+        for (int i = 0; i < 100 && (calls = tl_counter(relay.sock, "mediarelay/calls")) != 0; i++)
+                nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
+        ck_assert_int_eq(calls, 0);
+        proxy_done(&f);
+        tl_daemon_done(&relay);
+}
+END_TEST
+
 static Suite *linphone_suite(void) {
         Suite *s = suite_create("linphone");
         TCase *tc = tcase_create("register");
@@ -446,6 +485,7 @@ static Suite *linphone_suite(void) {
         tcase_add_test(tc, test_linphone_call_udp);
         tcase_add_test(tc, test_linphone_call_tls);
         tcase_add_test(tc, test_linphone_auth_call_tls);
+        tcase_add_test(tc, test_linphone_call_media_relay);
         suite_add_tcase(s, tc);
         return s;
 }

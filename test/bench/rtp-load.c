@@ -1,0 +1,185 @@
+/* SPDX-License-Identifier: MIT */
+/* RTP load for test/bench/mediarelay: N calls, each two UDP endpoints (A and B) on 127.0.0.1
+ * sending 172-byte RTP packets (12-byte header, 160 bytes of payload: 20 ms of PCMU) at a
+ * fixed rate to the relay ports the driver gives, and counting what comes back.
+ *
+ * Protocol on stdin/stdout, one line each:
+ *   start:        rtp-load <calls> <pps> <warmup-s> <measure-s>
+ *   it prints     "<port-a> <port-b>" per call (the ports to put in the SDP), then "ready";
+ *   it reads      "<relay-port-for-a> <relay-port-for-b>" per call (where A sends, where B
+ *                 sends), then runs the warm-up, prints "measure-start", measures, prints
+ *                 "measure-end" and one JSON line of counts for the measured window.
+ * Sending is paced in 1 ms slices so that each socket sends once per 1/pps seconds; receiving
+ * uses recvmmsg on every readable socket. Bounded: at most 10000 calls, 1000 pps, 600 s. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PKT 172
+#define BATCH 64
+
+struct ep {
+        int fd;
+        int port;
+        struct sockaddr_in to;
+        uint16_t seq;
+        uint32_t ssrc;
+};
+
+static uint64_t now_us(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static void die(const char *what) {
+        fprintf(stderr, "rtp-load: %s: %s\n", what, strerror(errno));
+        exit(1);
+}
+
+int main(int argc, char **argv) {
+        if (argc != 5) {
+                fprintf(stderr, "usage: rtp-load <calls> <pps> <warmup-s> <measure-s>\n");
+                return 2;
+        }
+        long calls = atol(argv[1]), pps = atol(argv[2]);
+        long warmup = atol(argv[3]), measure = atol(argv[4]);
+        if (calls < 1 || calls > 10000 || pps < 1 || pps > 1000 || warmup < 0 || measure < 1 ||
+            warmup + measure > 600) {
+                fprintf(stderr, "rtp-load: arguments out of range\n");
+                return 2;
+        }
+        size_t n = (size_t)calls * 2;
+        struct ep *eps = calloc(n, sizeof *eps);
+        int ep_fd = epoll_create1(EPOLL_CLOEXEC);
+        if (!eps || ep_fd < 0)
+                die("setup");
+        for (size_t i = 0; i < n; i++) {
+                struct ep *e = &eps[i];
+                e->fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+                if (e->fd < 0)
+                        die("socket");
+                int buf = 1 << 20;
+                setsockopt(e->fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof buf);
+                struct sockaddr_in sa = {.sin_family = AF_INET};
+                sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+                socklen_t len = sizeof sa;
+                if (bind(e->fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+                    getsockname(e->fd, (struct sockaddr *)&sa, &len) < 0)
+                        die("bind");
+                e->port = ntohs(sa.sin_port);
+                e->ssrc = (uint32_t)(0x51f10000u + i);
+                struct epoll_event ev = {.events = EPOLLIN, .data.u64 = i};
+                if (epoll_ctl(ep_fd, EPOLL_CTL_ADD, e->fd, &ev) < 0)
+                        die("epoll_ctl");
+        }
+        for (long c = 0; c < calls; c++)
+                printf("%d %d\n", eps[2 * c].port, eps[2 * c + 1].port);
+        printf("ready\n");
+        fflush(stdout);
+        for (long c = 0; c < calls; c++) {
+                int ra, rb;
+                if (scanf("%d %d", &ra, &rb) != 2 || ra < 1 || ra > 65535 || rb < 1 || rb > 65535) {
+                        fprintf(stderr, "rtp-load: bad relay ports for call %ld\n", c);
+                        return 1;
+                }
+                int ports[2] = {ra, rb};
+                for (int s = 0; s < 2; s++) {
+                        struct ep *e = &eps[2 * c + s];
+                        e->to = (struct sockaddr_in){.sin_family = AF_INET,
+                                                     .sin_port = htons((uint16_t)ports[s])};
+                        e->to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+                }
+        }
+
+        unsigned char pkt[PKT] = {0x80, 0x00};
+        uint64_t period = 1000000 / (uint64_t)pps; /* per socket */
+        uint64_t start = now_us(), measure_at = start + (uint64_t)warmup * 1000000,
+                 end = measure_at + (uint64_t)measure * 1000000;
+        uint64_t sent = 0, received = 0, bytes = 0, send_errors = 0;
+        bool measuring = false;
+        size_t next = 0;       /* next socket to send */
+        uint64_t round_at = start;
+        struct epoll_event evs[256];
+        static unsigned char rbuf[BATCH][2048];
+        struct mmsghdr msgs[BATCH];
+        struct iovec iovs[BATCH];
+        for (;;) {
+                uint64_t t = now_us();
+                if (!measuring && t >= measure_at) {
+                        measuring = true;
+                        sent = received = bytes = send_errors = 0;
+                        printf("measure-start\n");
+                        fflush(stdout);
+                }
+                if (t >= end)
+                        break;
+                /* Sockets due by now: a round of all n every period, spread evenly. */
+                size_t due = t >= round_at ? (size_t)((t - round_at) * n / period) : 0;
+                if (due > n)
+                        due = n;
+                while (next < due) {
+                        struct ep *e = &eps[next++];
+                        pkt[2] = (unsigned char)(e->seq >> 8);
+                        pkt[3] = (unsigned char)e->seq;
+                        e->seq++;
+                        uint32_t ts = (uint32_t)e->seq * 160;
+                        memcpy(pkt + 4, &ts, 4);
+                        memcpy(pkt + 8, &e->ssrc, 4);
+                        if (sendto(e->fd, pkt, PKT, 0, (struct sockaddr *)&e->to, sizeof e->to) ==
+                            PKT)
+                                sent++;
+                        else
+                                send_errors++;
+                }
+                if (next >= n) {
+                        next = 0;
+                        round_at += period;
+                }
+                int k = epoll_wait(ep_fd, evs, 256, 1);
+                for (int i = 0; i < k; i++) {
+                        struct ep *e = &eps[evs[i].data.u64];
+                        for (int j = 0; j < BATCH; j++) {
+                                iovs[j] = (struct iovec){rbuf[j], sizeof rbuf[j]};
+                                msgs[j] = (struct mmsghdr){.msg_hdr = {.msg_iov = &iovs[j],
+                                                                       .msg_iovlen = 1}};
+                        }
+                        int got = recvmmsg(e->fd, msgs, BATCH, MSG_DONTWAIT, NULL);
+                        for (int j = 0; j < got; j++) {
+                                received++;
+                                bytes += msgs[j].msg_len;
+                        }
+                }
+        }
+        /* Packets in flight at the end still count: 200 ms to drain. */
+        for (uint64_t until = now_us() + 200000; now_us() < until;) {
+                int k = epoll_wait(ep_fd, evs, 256, 10);
+                for (int i = 0; i < k; i++) {
+                        struct ep *e = &eps[evs[i].data.u64];
+                        unsigned char b[2048];
+                        while (recv(e->fd, b, sizeof b, MSG_DONTWAIT) > 0)
+                                received++;
+                }
+        }
+        printf("measure-end\n");
+        printf("{\"calls\": %ld, \"pps\": %ld, \"seconds\": %ld, \"sent\": %llu, \"received\": "
+               "%llu, \"bytes\": %llu, \"send_errors\": %llu}\n",
+               calls, pps, measure, (unsigned long long)sent, (unsigned long long)received,
+               (unsigned long long)bytes, (unsigned long long)send_errors);
+        fflush(stdout);
+        for (size_t i = 0; i < n; i++)
+                close(eps[i].fd);
+        free(eps);
+        close(ep_fd);
+        return 0;
+}
