@@ -122,6 +122,7 @@ struct presentity {
         bool loading;      /* first read from Redis in flight: first NOTIFYs wait */
         unsigned loads;    /* reads in flight */
         bool reload;       /* read again when they complete */
+        bool stale;        /* a read failed: read again when the command link is back */
 };
 
 struct subscription {

@@ -311,12 +311,14 @@ static void on_load(struct redis *r, redisReply *rep, int error, void *userdata)
         uint64_t now, last;
         if (error < 0 || !reply_head(rep, &status, &now, &last) || status != 200) {
                 stats_inc(p->count.redis_failed);
+                pr->stale = true;
                 log_warning("Cannot read the presence of '%s' from Redis: %s.", pr->key,
                             error < 0                                     ? strerror(-error)
                             : rep && rep->type == REDIS_REPLY_ERROR ? rep->str
                                                                           : "unexpected reply");
         } else {
                 stats_inc(p->count.redis_loads);
+                pr->stale = false;
                 sync_presentity(pr, rep);
         }
         /* Failed or not, the first NOTIFYs go now with what is known. */
@@ -347,6 +349,7 @@ static void load(struct presentity *pr) {
         if (r < 0) {
                 free(l);
                 stats_inc(p->count.redis_failed);
+                pr->stale = true;
                 log_debug("Cannot read the presence of '%s' from Redis: %s.", pr->key,
                           strerror(-r));
                 pr->loading = false; /* nothing to wait for */
@@ -514,10 +517,20 @@ int shared_publish(struct presence *p, nta_incoming_t *irq, const char *key, con
 
 static void on_link_state(struct redis *r, enum redis_link link, bool up, int error,
                           const char *reason, void *userdata) {
-        if (up)
-                log_notice("Redis %s link up: presence state shared.", redis_link_name(link));
-        else
+        struct presence *p = userdata;
+        if (!up) {
                 log_warning("Redis %s link down: %s.", redis_link_name(link), strna(reason));
+                return;
+        }
+        log_notice("Redis %s link up: presence state shared.", redis_link_name(link));
+        if (link != REDIS_LINK_COMMAND)
+                return;
+        /* Reads that failed meanwhile (a change announced on the pub/sub link while the
+         * command link was down, or the pub/sub link back first) are made now. */
+        for (size_t i = 0; i < p->n_buckets; i++)
+                for (struct presentity *pr = p->buckets[i]; pr; pr = pr->hnext)
+                        if (pr->stale)
+                                load(pr);
 }
 
 static uint64_t gauge_connected(void *userdata) {

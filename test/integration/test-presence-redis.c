@@ -6,6 +6,7 @@
  * on both, and with Redis stopped a PUBLISH gets 503 with Retry-After at once while the
  * subscriptions go on with what is known; once Redis is back, changes flow again. */
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,6 +171,16 @@ static void no_request(struct tl_ua *ua, int ms) {
                 ck_abort_msg("unexpected %s: %.*s", sip->sip_request->rq_method_name,
                              sip->sip_payload ? (int)sip->sip_payload->pl_len : 0,
                              sip->sip_payload ? sip->sip_payload->pl_data : "");
+        }
+}
+
+/* Answers and drops what the agent received until it is quiet for 500 ms (bounded). */
+static void drain(struct tl_ua *ua) {
+        for (int i = 0; i < 20; i++) {
+                msg_t *m = tl_ua_next_request(ua, 500);
+                if (!m)
+                        return;
+                msg_destroy(m);
         }
 }
 
@@ -344,7 +355,7 @@ END_TEST
 /* A publication made on B for 2 s ends at the same time on A, from its own timer (nobody
  * writes to Redis at expiry), and a server that reads it afterwards sees it ended. */
 START_TEST(test_presence_redis_expiry) {
-        start_all(NULL);
+        start_all("max-presence-elements=1\n");
         struct tl_ua *bob = ua_for(&A), *alice = ua_for(&B), *carol = ua_for(&B);
         char state[64];
         struct tl_dialog *d = subscribe(bob, "bob", "alice");
@@ -353,6 +364,14 @@ START_TEST(test_presence_redis_expiry) {
         _cleanup_free_ char *b1 = pidf("alice", "1", "open", "away");
         ck_assert_int_eq(publish(alice, "alice", NULL, "2", b1, NULL, NULL), 200);
         uint64_t t0 = now_msec();
+        /* max-presence-elements counts the sources of every server: a second one through A is
+         * refused. */
+        struct tl_ua *alice_a = ua_for(&A);
+        msg_t *m = NULL;
+        ck_assert_int_eq(publish(alice_a, "alice", NULL, "600", b1, NULL, &m), 503);
+        ck_assert_ptr_nonnull(sip_object(m)->sip_retry_after);
+        msg_destroy(m);
+        tl_ua_free(alice_a);
         _cleanup_free_ char *n1 = next_notify(bob, 5000, state, sizeof state);
         ck_assert_ptr_nonnull(strstr(n1, "<basic>open</basic>"));
         _cleanup_free_ char *n2 = next_notify(bob, 5000, state, sizeof state);
@@ -386,14 +405,37 @@ START_TEST(test_presence_redis_down) {
         _cleanup_free_ char *n1 = next_notify(bob, 5000, state, sizeof state);
         ck_assert_ptr_nonnull(strstr(n1, "<rpid:away/>"));
 
+        /* Redis stalls (stopped with SIGSTOP): a PUBLISH gets 503 once redis-command-timeout
+         * (1 s) passed, never waits longer. */
+        ck_assert_int_eq(kill(redis.proc.pid, SIGSTOP), 0);
+        msg_t *m = NULL;
+        uint64_t t0 = now_msec();
+        ck_assert_int_eq(publish(alice, "alice", e1, "600", NULL, NULL, &m), 503);
+        uint64_t took = now_msec() - t0;
+        ck_assert_msg(took >= 800 && took < 3000, "503 after %llu ms", (unsigned long long)took);
+        ck_assert_ptr_nonnull(sip_object(m)->sip_retry_after);
+        msg_destroy(m);
+        ck_assert_int_eq(kill(redis.proc.pid, SIGCONT), 0);
+        wait_redis(&B, 1);
+        /* The timed-out refresh may have been applied when Redis resumed, under a tag never
+         * answered: the client's next refresh gets 412 and it publishes anew (RFC 3903). */
+        _cleanup_free_ char *e2 = NULL;
+        int st = publish(alice, "alice", e1, "600", NULL, &e2, NULL);
+        ck_assert_msg(st == 200 || st == 412, "refresh after the stall: %d", st);
+        if (st == 412)
+                ck_assert_int_eq(publish(alice, "alice", NULL, "600", b1, &e2, NULL), 200);
+        free(e1);
+        e1 = e2;
+        e2 = NULL;
+        drain(bob);
+
         int port = redis.port;
         tl_redis_stop(&redis);
         wait_redis(&A, 0);
         wait_redis(&B, 0);
 
         /* PUBLISH: 503 with Retry-After, at once. */
-        msg_t *m = NULL;
-        uint64_t t0 = now_msec();
+        t0 = now_msec();
         ck_assert_int_eq(publish(alice, "alice", e1, "600", b1, NULL, &m), 503);
         ck_assert_uint_lt(now_msec() - t0, 2000);
         ck_assert_ptr_nonnull(sip_object(m)->sip_retry_after);
