@@ -6,7 +6,12 @@
  * on both, and with Redis stopped a PUBLISH gets 503 with Retry-After at once while the
  * subscriptions go on with what is known; once Redis is back, changes flow again. */
 #include <jansson.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,9 +55,11 @@ static void server_start(struct server *s, const char *name, const char *extra) 
                                   "redis-server-domain=127.0.0.1\n"
                                   "redis-server-port=%d\n"
                                   "redis-key-prefix=test-pres:\n"
-                                  "redis-command-timeout=1s\n"
-                                  "%s",
+                                  "%s%s",
                                   s->d.sock, s->d.metrics_port, s->port, redis.port,
+                                  extra && strstr(extra, "redis-command-timeout")
+                                          ? ""
+                                          : "redis-command-timeout=1s\n",
                                   extra ? extra : ""),
                          0);
         s->d.conf = tl_write_file(conf, text);
@@ -476,6 +483,60 @@ START_TEST(test_presence_redis_down) {
 }
 END_TEST
 
+/* A PUBLISH still waiting for a stalled Redis when the server stops gets its 503, and the
+ * server exits cleanly (the sanitizer build checks for leaks). */
+START_TEST(test_presence_redis_publish_at_shutdown) {
+        start_all("redis-command-timeout=5s\n");
+        _cleanup_free_ char *body = pidf("alice", "1", "open", "away"), *req = NULL;
+        int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        ck_assert_int_ge(fd, 0);
+        struct sockaddr_in me = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        ck_assert_int_eq(bind(fd, (struct sockaddr *)&me, sizeof me), 0);
+        socklen_t len = sizeof me;
+        ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&me, &len), 0);
+        ck_assert_int_ge(asprintf(&req,
+                                  "PUBLISH sip:alice@example.org SIP/2.0\r\n"
+                                  "Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bK-shut-1\r\n"
+                                  "Max-Forwards: 70\r\n"
+                                  "From: <sip:alice@example.org>;tag=1\r\n"
+                                  "To: <sip:alice@example.org>\r\n"
+                                  "Call-ID: shutdown-publish@test\r\n"
+                                  "CSeq: 1 PUBLISH\r\n"
+                                  "Event: presence\r\nExpires: 600\r\n"
+                                  "Content-Type: application/pidf+xml\r\n"
+                                  "Content-Length: %zu\r\n\r\n%s",
+                                  ntohs(me.sin_port), strlen(body), body),
+                         0);
+        ck_assert_int_eq(kill(redis.proc.pid, SIGSTOP), 0);
+        struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)A.port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        ck_assert_int_eq(sendto(fd, req, strlen(req), 0, (struct sockaddr *)&to, sizeof to),
+                         (ssize_t)strlen(req));
+        /* Bounded wait until A has taken the PUBLISH (count-publish), then stop A. */
+        for (int i = 0; i < 50 && counter(&A, "count-publish") < 1; i++)
+                tl_sip_run(20);
+        ck_assert_int_eq(counter(&A, "count-publish"), 1);
+        tl_daemon_done(&A.d);
+        char buf[4096];
+        struct timeval tv = {.tv_sec = 3};
+        ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+        bool got_503 = false;
+        for (int i = 0; i < 5 && !got_503; i++) {
+                ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+                if (n <= 0)
+                        break;
+                buf[n] = 0;
+                got_503 = strncmp(buf, "SIP/2.0 503 ", 12) == 0;
+                if (got_503)
+                        ck_assert_ptr_nonnull(strcasestr(buf, "\r\nRetry-After: 5"));
+        }
+        ck_assert_msg(got_503, "no 503 for the PUBLISH in flight");
+        close(fd);
+        ck_assert_int_eq(kill(redis.proc.pid, SIGCONT), 0);
+        stop_all();
+}
+END_TEST
+
 static Suite *suite(void) {
         Suite *s = suite_create("presence-redis");
         TCase *tc = tcase_create("shared");
@@ -484,6 +545,7 @@ static Suite *suite(void) {
         tcase_add_test(tc, test_presence_redis_list_partial);
         tcase_add_test(tc, test_presence_redis_expiry);
         tcase_add_test(tc, test_presence_redis_down);
+        tcase_add_test(tc, test_presence_redis_publish_at_shutdown);
         suite_add_tcase(s, tc);
         return s;
 }
