@@ -78,13 +78,12 @@ static const struct conf_option presence_rows[] = {
          "memory only"},
         {"presence", "redis-server-port", CONF_INT, C(redis_port), "6379", 1, 65535, 0,
          "Port of redis-server-domain"},
-        {"presence", "redis-auth-password", CONF_STRING, C(redis_password), NULL, 0, 0,
-         CONF_SECRET, "Redis password (requirepass); empty: no AUTH"},
+        {"presence", "redis-auth-password", CONF_STRING, C(redis_password), NULL, 0, 0, CONF_SECRET,
+         "Redis password (requirepass); empty: no AUTH"},
         {"presence", "redis-key-prefix", CONF_STRING, C(redis_prefix), "pres:", 0, 0, 0,
          "Prefix of the Redis keys and channels of presentities (<prefix><user>@<host>)"},
         {"presence", "redis-command-timeout", CONF_DURATION, C(redis_command_timeout_ms), "2s", 0,
-         0, 0,
-         "A Redis reply later than this counts as a lost connection (the PUBLISH gets 503)",
+         0, 0, "A Redis reply later than this counts as a lost connection (the PUBLISH gets 503)",
          .unit = CONF_UNIT_MS},
 };
 

@@ -117,12 +117,12 @@ struct presentity {
         bool known;    /* state to report: publications or last activity */
         uint64_t mark; /* subscribe.c: duplicate detection in one list */
         /* Shared state: a mirror of Redis kept while the presentity has watchers. */
-        uint64_t gen;      /* tells a reply for this presentity from one for an older one */
-        bool channel;      /* subscribed to its change channel */
-        bool loading;      /* first read from Redis in flight: first NOTIFYs wait */
-        unsigned loads;    /* reads in flight */
-        bool reload;       /* read again when they complete */
-        bool stale;        /* a read failed: read again when the command link is back */
+        uint64_t gen;   /* tells a reply for this presentity from one for an older one */
+        bool channel;   /* subscribed to its change channel */
+        bool loading;   /* first read from Redis in flight: first NOTIFYs wait */
+        unsigned loads; /* reads in flight */
+        bool reload;    /* read again when they complete */
+        bool stale;     /* a read failed: read again when the command link is back */
 };
 
 struct subscription {

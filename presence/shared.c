@@ -87,7 +87,8 @@ static const char SCRIPT[] =
         "    else\n"
         "      local rest\n"
         "      if op == 'refresh' then rest = string.match(found, '^%d+ (.*)$')\n"
-        "      else rest = now .. ' ' .. string.match(found, '^%d+ %d+ (%S+)\\n') .. '\\n' .. ARGV[5] end\n"
+        "      else rest = now .. ' ' .. string.match(found, '^%d+ %d+ (%S+)\\n') .. '\\n' .. "
+        "ARGV[5] end\n"
         "      live[ARGV[2]] = exp .. ' ' .. rest\n"
         "      redis.call('HSET', k, ARGV[2], live[ARGV[2]])\n"
         "    end\n"
@@ -132,9 +133,18 @@ static int run_script(struct presence *p, redis_reply_fn cb, void *userdata, enu
         snprintf(max, sizeof max, "%lld", (long long)p->config.max_publications);
         snprintf(retention, sizeof retention, "%llu",
                  (unsigned long long)p->config.last_activity_retention_ms);
-        const char *argv[] = {"EVAL",    SCRIPT,   "1",          rkey,
-                              op_names[op], etag ? etag : "", if_match ? if_match : "",
-                              lifetime, doc ? doc : "", max, retention, p->origin};
+        const char *argv[] = {"EVAL",
+                              SCRIPT,
+                              "1",
+                              rkey,
+                              op_names[op],
+                              etag ? etag : "",
+                              if_match ? if_match : "",
+                              lifetime,
+                              doc ? doc : "",
+                              max,
+                              retention,
+                              p->origin};
         size_t lens[ELEMENTSOF(argv)];
         for (size_t i = 0; i < ELEMENTSOF(argv); i++)
                 lens[i] = strlen(argv[i]);
@@ -222,8 +232,7 @@ static bool sync_presentity(struct presentity *pr, const redisReply *rep) {
         for (size_t i = 3; i + 1 < rep->elements; i += 2) {
                 struct entry e;
                 if (!parse_entry(rep->element[i], rep->element[i + 1], &e) || e.expires <= now) {
-                        log_warning("Unreadable publication in Redis for '%s': skipped.",
-                                    pr->key);
+                        log_warning("Unreadable publication in Redis for '%s': skipped.", pr->key);
                         continue;
                 }
                 struct publication *pub = find_pub(pr, e.id);
@@ -313,9 +322,9 @@ static void on_load(struct redis *r, redisReply *rep, int error, void *userdata)
                 stats_inc(p->count.redis_failed);
                 pr->stale = true;
                 log_warning("Cannot read the presence of '%s' from Redis: %s.", pr->key,
-                            error < 0                                     ? strerror(-error)
+                            error < 0                               ? strerror(-error)
                             : rep && rep->type == REDIS_REPLY_ERROR ? rep->str
-                                                                          : "unexpected reply");
+                                                                    : "unexpected reply");
         } else {
                 stats_inc(p->count.redis_loads);
                 pr->stale = false;
@@ -432,8 +441,9 @@ static void on_publish(struct redis *r, redisReply *rep, int error, void *userda
                 return;
         }
         if (!reply_head(rep, &status, &now, &last)) {
-                reply_unavailable(op, rep && rep->type == REDIS_REPLY_ERROR ? rep->str
-                                                                            : "sent an unexpected reply");
+                reply_unavailable(op, rep && rep->type == REDIS_REPLY_ERROR
+                                              ? rep->str
+                                              : "sent an unexpected reply");
                 publish_done(op);
                 return;
         }
@@ -465,9 +475,10 @@ static void on_publish(struct redis *r, redisReply *rep, int error, void *userda
                         log_info("Publication '%s' of '%s' removed.", op->if_match, op->key);
                         break;
                 }
-                nta_incoming_treply(op->irq, SIP_200_OK,
-                                    SIPTAG_ETAG_STR(op->kind == OP_REMOVE ? op->if_match : op->etag),
-                                    SIPTAG_EXPIRES_STR(exp), TAG_END());
+                nta_incoming_treply(
+                        op->irq, SIP_200_OK,
+                        SIPTAG_ETAG_STR(op->kind == OP_REMOVE ? op->if_match : op->etag),
+                        SIPTAG_EXPIRES_STR(exp), TAG_END());
                 struct presentity *pr = presentity_get(p, op->key, false);
                 if (pr)
                         sync_presentity(pr, rep);
@@ -477,7 +488,7 @@ static void on_publish(struct redis *r, redisReply *rep, int error, void *userda
 
 int shared_publish(struct presence *p, nta_incoming_t *irq, const char *key, const char *if_match,
                    xmlDocPtr doc, uint64_t expires_ms) {
-        enum op_kind kind = !if_match        ? OP_NEW
+        enum op_kind kind = !if_match         ? OP_NEW
                             : expires_ms == 0 ? OP_REMOVE
                             : doc             ? OP_MODIFY
                                               : OP_REFRESH;

@@ -4,7 +4,8 @@
  * latter in partial NOTIFYs), a SUBSCRIBE on B gets in its first NOTIFY what was published on
  * A, an entity tag made on one server works on the other, publications expire at the same time
  * on both, and with Redis stopped a PUBLISH gets 503 with Retry-After at once while the
- * subscriptions go on with what is known; once Redis is back, changes flow again. */
+ * subscriptions go on with what is known; once Redis is back, changes flow again. A PUBLISH
+ * still waiting for Redis when the server stops gets its 503. */
 #include <jansson.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -451,9 +452,9 @@ START_TEST(test_presence_redis_down) {
         ck_assert_int_ge(counter(&B, "count-redis-failed"), 2);
 
         /* Subscriptions go on with what is known: a refresh on A gets the mirror. */
-        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 600", NULL,
-                                    NULL),
-                         200);
+        ck_assert_int_eq(
+                tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 600", NULL, NULL),
+                200);
         _cleanup_free_ char *n2 = next_notify(bob, 5000, state, sizeof state);
         ck_assert_ptr_nonnull(strstr(n2, "<rpid:away/>"));
         /* A new subscription does not wait for Redis. */
@@ -508,7 +509,8 @@ START_TEST(test_presence_redis_publish_at_shutdown) {
                                   ntohs(me.sin_port), strlen(body), body),
                          0);
         ck_assert_int_eq(kill(redis.proc.pid, SIGSTOP), 0);
-        struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)A.port),
+        struct sockaddr_in to = {.sin_family = AF_INET,
+                                 .sin_port = htons((uint16_t)A.port),
                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         ck_assert_int_eq(sendto(fd, req, strlen(req), 0, (struct sockaddr *)&to, sizeof to),
                          (ssize_t)strlen(req));
