@@ -72,7 +72,26 @@ static const struct conf_option presence_rows[] = {
          0, 0,
          "NOTIFYs of list subscriptions in the form liblinphone (5.2 and older) reads: "
          "'Event: Presence' and Content-IDs without angle brackets; false: RFC 4662's form"},
+        {"presence", "redis-server-domain", CONF_STRING, C(redis_host), NULL, 0, 0, 0,
+         "Redis server holding the presence state shared by several presence servers of one "
+         "domain (an address: a name is resolved with a blocking lookup); empty: state kept in "
+         "memory only"},
+        {"presence", "redis-server-port", CONF_INT, C(redis_port), "6379", 1, 65535, 0,
+         "Port of redis-server-domain"},
+        {"presence", "redis-auth-password", CONF_STRING, C(redis_password), NULL, 0, 0, CONF_SECRET,
+         "Redis password (requirepass); empty: no AUTH"},
+        {"presence", "redis-key-prefix", CONF_STRING, C(redis_prefix), "pres:", 0, 0, 0,
+         "Prefix of the Redis keys and channels of presentities (<prefix><user>@<host>)"},
+        {"presence", "redis-command-timeout", CONF_DURATION, C(redis_command_timeout_ms), "2s", 0,
+         0, 0, "A Redis reply later than this counts as a lost connection (the PUBLISH gets 503)",
+         .unit = CONF_UNIT_MS},
 };
+
+uint64_t now_wall_ms(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
 static unsigned key_hash(const char *s) {
         unsigned h = 2166136261u;
@@ -126,6 +145,7 @@ struct presentity *presentity_get(struct presence *p, const char *key, bool crea
         if (!pr)
                 return NULL;
         pr->presence = p;
+        pr->gen = ++p->next_id;
         pr->key = strdup(key);
         if (!pr->key || asprintf(&pr->uri, "sip:%s", key) < 0) {
                 free(pr->key);
@@ -146,6 +166,7 @@ static void presentity_free(struct presentity *pr) {
                 pp = &(*pp)->hnext;
         *pp = pr->hnext;
         p->n_presentities--;
+        shared_unwatch(pr);
         while (pr->publications)
                 publication_free(pr->publications);
         loop_timer_free(pr->retention);
@@ -156,7 +177,9 @@ static void presentity_free(struct presentity *pr) {
 }
 
 void presentity_maybe_free(struct presentity *pr) {
-        if (pr && !pr->publications && !pr->watchers && pr->last_activity == 0)
+        /* With shared state, a presentity is a mirror of Redis kept for its watchers only. */
+        if (pr && !pr->watchers &&
+            (pr->presence->redis || (!pr->publications && pr->last_activity == 0)))
                 presentity_free(pr);
 }
 
@@ -166,6 +189,19 @@ static void retention_done(struct loop_timer *t, void *userdata) {
         pr->known = false; /* so that presentity_changed() does not start another period */
         presentity_changed(pr);
         presentity_maybe_free(pr);
+}
+
+void presentity_set_last_activity(struct presentity *pr, time_t when, uint64_t remaining_ms) {
+        struct presence *p = pr->presence;
+        pr->last_activity = when;
+        if (when == 0) {
+                pr->known = false; /* so that presentity_changed() does not start a period */
+                loop_timer_disarm(pr->retention);
+                return;
+        }
+        if (pr->retention ||
+            loop_timer_new(daemon_loop(p->daemon), retention_done, pr, &pr->retention) >= 0)
+                loop_timer_arm(pr->retention, remaining_ms);
 }
 
 static int rebuild(struct presentity *pr) {
@@ -407,6 +443,11 @@ static void declare_counters(struct presence *p) {
           "NOTIFY requests that failed (the subscription ended)");
         D(xml_rejected, "count-xml-rejected",
           "Bodies refused as too large, with a DTD, malformed or of the wrong document type");
+        D(redis_failed, "count-redis-failed",
+          "Redis commands that failed (link down, timeout, error): PUBLISHs got 503");
+        D(redis_loads, "count-redis-loads", "Presentity states read from Redis");
+        D(redis_changes, "count-redis-changes",
+          "Change messages from other presence servers received");
 #undef D
         stats_declare_gauge(s, "presence", "presentities", "Presentities held", gauge_presentities,
                             p);
@@ -458,6 +499,8 @@ int presence_start(struct presence *p) {
                 const tp_name_t *n = tport_name(tp);
                 log_notice("Listening on %s %s:%s.", n->tpn_proto, n->tpn_host, n->tpn_port);
         }
+        if (c->redis_host && *c->redis_host && (r = shared_start(p)) < 0)
+                return r;
         struct ctl *ctl = daemon_ctl(p->daemon);
         if ((r = ctl_register(ctl, "PRESENCE_PRESENTITIES",
                               "[user@host]: presentities, "
@@ -481,6 +524,7 @@ const struct daemon_hooks presence_hooks = {.stop = presence_stop};
 void presence_free(struct presence *p) {
         if (!p)
                 return;
+        shared_free(p); /* PUBLISHs waiting for Redis get their 503 while nta is alive */
         while (p->subscriptions)
                 subscription_free(p->subscriptions);
         subscriptions_reap(p);

@@ -16,6 +16,7 @@
 
 struct daemon;
 struct loop_timer;
+struct redis;
 struct stats_counter;
 
 struct presence_config {
@@ -31,6 +32,12 @@ struct presence_config {
         uint64_t max_body_size;
         uint64_t last_activity_retention_ms;
         bool linphone_list_compat;
+        /* Shared state (shared.c): on when redis_host is set. */
+        char *redis_host;
+        int64_t redis_port;
+        char *redis_password;
+        char *redis_prefix;
+        uint64_t redis_command_timeout_ms;
 };
 
 struct presentity;
@@ -57,6 +64,10 @@ struct presence {
         struct loop_timer *reaper;
         uint64_t next_id;
 
+        /* Shared state through Redis (shared.c); NULL: all state is local. */
+        struct redis *redis;
+        char origin[24]; /* this server's id in the change messages */
+
         struct {
                 struct stats_counter *publish, *publish_new, *publish_refresh, *publish_modify,
                         *publish_remove, *publish_rejected, *publish_expired;
@@ -64,6 +75,7 @@ struct presence {
                         *subscribe_expired;
                 struct stats_counter *notify_sent, *notify_failed;
                 struct stats_counter *xml_rejected;
+                struct stats_counter *redis_failed, *redis_loads, *redis_changes;
         } count;
 };
 
@@ -72,10 +84,11 @@ struct publication {
         struct presentity *presentity;
         struct publication *next; /* newest first */
         char etag[24];
+        char id[24]; /* shared state: the first entity tag, kept across refreshes */
         xmlDocPtr doc;
         struct loop_timer *timer;
         uint64_t expires_at; /* monotonic ms */
-        time_t updated;
+        uint64_t updated_ms; /* wall clock (Redis's with shared state): last modification */
 };
 
 /* What one subscription watches of one presentity. */
@@ -103,6 +116,13 @@ struct presentity {
         size_t pidf_len;
         bool known;    /* state to report: publications or last activity */
         uint64_t mark; /* subscribe.c: duplicate detection in one list */
+        /* Shared state: a mirror of Redis kept while the presentity has watchers. */
+        uint64_t gen;   /* tells a reply for this presentity from one for an older one */
+        bool channel;   /* subscribed to its change channel */
+        bool loading;   /* first read from Redis in flight: first NOTIFYs wait */
+        unsigned loads; /* reads in flight */
+        bool reload;    /* read again when they complete */
+        bool stale;     /* a read failed: read again when the command link is back */
 };
 
 struct subscription {
@@ -120,6 +140,7 @@ struct subscription {
         uint64_t expires_at;    /* monotonic ms */
         unsigned version;       /* RLMI version */
         bool full_sent;         /* the full state went out */
+        unsigned n_loading;     /* resources whose first read from Redis is in flight */
         bool dirty;             /* something changed since the last NOTIFY */
         const char *end_reason; /* set: the next NOTIFY is the final one */
         bool ended;             /* final NOTIFY sent (or failed) */
@@ -142,6 +163,8 @@ struct presentity *presentity_get(struct presence *p, const char *key, bool crea
 void presentity_maybe_free(struct presentity *pr);
 /* The merged PIDF (built on first use). NULL on ENOMEM. */
 const char *presentity_pidf(struct presentity *pr);
+/* Sets the time of the last activity (0: none), remembered for remaining_ms more. */
+void presentity_set_last_activity(struct presentity *pr, time_t when, uint64_t remaining_ms);
 /* Rebuilds the merged document and tells every watcher. */
 void presentity_changed(struct presentity *pr);
 
@@ -150,14 +173,35 @@ bool presence_body_encoded(const sip_t *sip);
 /* Does the Accept header (absent: yes) allow this type? */
 bool presence_accepts(const sip_t *sip, const char *type);
 
+/* shared.c: presence state shared through Redis. */
+int shared_start(struct presence *p);
+void shared_free(struct presence *p);
+/* A PUBLISH with shared state: stored in Redis first, answered when Redis did (0: the irq is
+ * owned and will be answered; >= 400: answered). doc (may be NULL: refresh or remove) is
+ * taken. */
+int shared_publish(struct presence *p, nta_incoming_t *irq, const char *key, const char *if_match,
+                   xmlDocPtr doc, uint64_t expires_ms);
+/* The presentity got its first watcher: subscribe to its channel and read its state. */
+void shared_watch(struct presentity *pr);
+/* It is about to be freed. */
+void shared_unwatch(struct presentity *pr);
+
 /* publish.c */
+struct publication *publication_new(struct presentity *pr, xmlDocPtr doc, uint64_t expires_ms,
+                                    uint64_t updated_ms);
 int publish_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip);
 void publication_free(struct publication *pub);
+/* A fresh entity tag into buf (at least 24 bytes). */
+void new_etag(struct presence *p, char *buf, size_t size);
+/* Wall clock, milliseconds since the epoch. */
+uint64_t now_wall_ms(void);
 
 /* subscribe.c */
 int subscribe_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip);
 /* A watched presentity changed: queue or send a NOTIFY. */
 void subscription_resource_changed(struct resource *res);
+/* The first read of a watched presentity completed: NOTIFYs that waited for it go. */
+void subscription_loaded(struct subscription *sub);
 /* Ends every subscription with a final NOTIFY (shutdown). */
 void subscriptions_terminate_all(struct presence *p, const char *reason);
 void subscription_free(struct subscription *sub);

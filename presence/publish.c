@@ -41,12 +41,41 @@ static void publication_expired(struct loop_timer *t, void *userdata) {
         presentity_maybe_free(pr);
 }
 
-static void new_etag(struct presence *p, char *buf, size_t size) {
+void new_etag(struct presence *p, char *buf, size_t size) {
         unsigned char rnd[8];
         if (RAND_bytes(rnd, sizeof rnd) != 1)
                 memset(rnd, 0, sizeof rnd);
         snprintf(buf, size, "%02x%02x%02x%02x%02x%02x%02x%02x%04x", rnd[0], rnd[1], rnd[2], rnd[3],
                  rnd[4], rnd[5], rnd[6], rnd[7], (unsigned)(++p->next_id & 0xffff));
+}
+
+/* Inserts pub, newest first by updated_ms (the merge lets the latest person element win). */
+static void insert_sorted(struct presentity *pr, struct publication *pub) {
+        struct publication **pp = &pr->publications;
+        while (*pp && (*pp)->updated_ms > pub->updated_ms)
+                pp = &(*pp)->next;
+        pub->next = *pp;
+        *pp = pub;
+}
+
+struct publication *publication_new(struct presentity *pr, xmlDocPtr doc, uint64_t expires_ms,
+                                    uint64_t updated_ms) {
+        struct presence *p = pr->presence;
+        struct publication *pub = calloc(1, sizeof *pub);
+        if (!pub ||
+            loop_timer_new(daemon_loop(p->daemon), publication_expired, pub, &pub->timer) < 0) {
+                free(pub);
+                return NULL;
+        }
+        pub->presentity = pr;
+        pub->doc = doc;
+        pub->updated_ms = updated_ms;
+        insert_sorted(pr, pub);
+        pr->n_publications++;
+        p->n_publications++;
+        pub->expires_at = now_msec() + expires_ms;
+        loop_timer_arm(pub->timer, expires_ms);
+        return pub;
 }
 
 static struct publication *find_etag(struct presentity *pr, const char *etag) {
@@ -157,6 +186,8 @@ int publish_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip) {
                 }
                 if ((r = read_body(p, irq, sip, &doc)) != 0)
                         return reject(p, r);
+                if (p->redis)
+                        return shared_publish(p, irq, key, NULL, doc, expires_ms);
                 struct presentity *pr = presentity_get(p, key, true);
                 if (!pr || pr->n_publications >= (unsigned)c->max_publications) {
                         xmlFreeDoc(doc);
@@ -167,24 +198,13 @@ int publish_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip) {
                                             SIPTAG_RETRY_AFTER_STR("60"), TAG_END());
                         return reject(p, 503);
                 }
-                struct publication *pub = calloc(1, sizeof *pub);
-                if (!pub || loop_timer_new(daemon_loop(p->daemon), publication_expired, pub,
-                                           &pub->timer) < 0) {
-                        free(pub);
+                struct publication *pub = publication_new(pr, doc, expires_ms, now_wall_ms());
+                if (!pub) {
                         xmlFreeDoc(doc);
                         presentity_maybe_free(pr);
                         return reject(p, 500);
                 }
-                pub->presentity = pr;
-                pub->doc = doc;
                 new_etag(p, pub->etag, sizeof pub->etag);
-                pub->next = pr->publications;
-                pr->publications = pub;
-                pr->n_publications++;
-                p->n_publications++;
-                pub->updated = time(NULL);
-                pub->expires_at = now_msec() + expires_ms;
-                loop_timer_arm(pub->timer, expires_ms);
                 stats_inc(p->count.publish_new);
                 log_info("New publication '%s' of '%s' for %llus.", pub->etag, key,
                          (unsigned long long)(expires_ms / 1000));
@@ -193,6 +213,12 @@ int publish_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip) {
                 return 200;
         }
 
+        if (p->redis) {
+                /* The publication may have been made on another server: Redis decides. */
+                if (expires_ms > 0 && has_body && (r = read_body(p, irq, sip, &doc)) != 0)
+                        return reject(p, r);
+                return shared_publish(p, irq, key, if_match, doc, expires_ms);
+        }
         struct presentity *pr = presentity_get(p, key, false);
         struct publication *pub = find_etag(pr, if_match);
         if (!pub) {
@@ -217,14 +243,13 @@ int publish_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip) {
                         return reject(p, r);
                 xmlFreeDoc(pub->doc);
                 pub->doc = doc;
-                pub->updated = time(NULL);
+                pub->updated_ms = now_wall_ms();
                 /* Newest first: the merge lets the latest source's person element win. */
                 struct publication **pp = &pr->publications;
                 while (*pp != pub)
                         pp = &(*pp)->next;
                 *pp = pub->next;
-                pub->next = pr->publications;
-                pr->publications = pub;
+                insert_sorted(pr, pub);
                 stats_inc(p->count.publish_modify);
         } else {
                 stats_inc(p->count.publish_refresh);

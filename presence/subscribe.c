@@ -129,6 +129,11 @@ void subscription_resource_changed(struct resource *res) {
         send_notify(sub);
 }
 
+void subscription_loaded(struct subscription *sub) {
+        if (sub->n_loading > 0 && --sub->n_loading == 0 && !sub->full_sent)
+                send_notify(sub);
+}
+
 static void expired(struct loop_timer *t, void *userdata) {
         struct subscription *sub = userdata;
         stats_inc(sub->presence->count.subscribe_expired);
@@ -271,6 +276,8 @@ static void send_notify(struct subscription *sub) {
         struct presence *p = sub->presence;
         if (sub->notify || sub->ended)
                 return; /* the response callback sends what is pending */
+        if (sub->n_loading > 0 && !sub->full_sent && !p->stopping)
+                return; /* the full state waits for Redis: subscription_loaded() sends it */
         char state[64];
         uint64_t now = now_msec();
         bool final = sub->end_reason != NULL;
@@ -432,6 +439,12 @@ static int add_resource(struct subscription *sub, const char *uri, const char *k
                 pr->watchers->wprev = res;
         pr->watchers = res;
         pr->n_watchers++;
+        if (p->redis) {
+                if (pr->n_watchers == 1)
+                        shared_watch(pr);
+                if (pr->loading)
+                        sub->n_loading++;
+        }
         return 0;
 }
 
