@@ -36,6 +36,7 @@ struct presence_config {
 struct presentity;
 struct subscription;
 struct resource;
+struct longterm;
 
 struct presence {
         struct daemon *daemon;
@@ -54,6 +55,7 @@ struct presence {
         struct subscription *subscriptions; /* live ones, doubly linked */
         size_t n_subscriptions;
         struct subscription *dead; /* ended, freed by the reaper */
+        struct longterm *longterm; /* longterm.c: users of the service from the account store */
         struct loop_timer *reaper;
         uint64_t next_id;
 
@@ -86,6 +88,16 @@ struct resource {
         char *uri;                      /* as the subscriber wrote it */
         bool changed;                   /* to send in the next partial NOTIFY */
         bool sent;                      /* state included in a NOTIFY already */
+        bool waiting;                   /* the first NOTIFY waits for its account lookup */
+};
+
+/* longterm.c: is the presentity a user of the service (account store)? */
+enum presentity_account {
+        ACCOUNT_UNCHECKED,
+        ACCOUNT_PENDING, /* a lookup is under way */
+        ACCOUNT_USER,
+        ACCOUNT_NOT_USER,
+        ACCOUNT_FAILED, /* the store did not answer: unknown, asked again by the next SUBSCRIBE */
 };
 
 struct presentity {
@@ -103,6 +115,9 @@ struct presentity {
         size_t pidf_len;
         bool known;    /* state to report: publications or last activity */
         uint64_t mark; /* subscribe.c: duplicate detection in one list */
+        enum presentity_account account; /* long-term presence */
+        uint64_t account_checked;        /* monotonic ms of the answer */
+        struct longterm_lookup *lookup;  /* under way */
 };
 
 struct subscription {
@@ -124,6 +139,8 @@ struct subscription {
         const char *end_reason; /* set: the next NOTIFY is the final one */
         bool ended;             /* final NOTIFY sent (or failed) */
         bool dead;              /* on the dead list, waiting for the reaper */
+        size_t n_waiting;       /* resources whose account lookup the first NOTIFY waits for */
+        struct loop_timer *hold; /* bounds that wait */
 };
 
 extern const struct daemon_hooks presence_hooks;
@@ -150,6 +167,22 @@ bool presence_body_encoded(const sip_t *sip);
 /* Does the Accept header (absent: yes) allow this type? */
 bool presence_accepts(const sip_t *sip, const char *type);
 
+/* longterm.c: long-term presence ([presence] long-term-enabled, the [accounts] store). */
+int longterm_new(struct presence *p);
+int longterm_start(struct presence *p);
+void longterm_free(struct presence *p);
+/* Does the presentity report the default tuple of a user of the service? */
+bool longterm_is_user(const struct presentity *pr);
+/* A new subscription: looks up the accounts of its resources that have nothing to report and
+ * holds its first NOTIFY until they answer (at most long-term-max-wait). */
+void longterm_watch(struct subscription *sub);
+/* A watched presentity with nothing to report any more (last activity forgotten). */
+void longterm_check(struct presentity *pr);
+/* "user", "not-user"... for the control commands. */
+const char *longterm_account_name(const struct presentity *pr);
+/* The presentity goes away: its lookup's answer is dropped. */
+void longterm_forget(struct presentity *pr);
+
 /* publish.c */
 int publish_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip);
 void publication_free(struct publication *pub);
@@ -161,6 +194,8 @@ void subscription_resource_changed(struct resource *res);
 /* Ends every subscription with a final NOTIFY (shutdown). */
 void subscriptions_terminate_all(struct presence *p, const char *reason);
 void subscription_free(struct subscription *sub);
+/* The account lookup a resource waited for answered (or the wait ended). */
+void subscription_lookup_done(struct resource *res);
 /* The reaper: frees ended subscriptions outside of sofia's callbacks. */
 void subscriptions_reap(struct presence *p);
 bool subscriptions_idle(struct presence *p);

@@ -68,6 +68,7 @@ static void destroy(struct subscription *sub) {
         if (sub->leg)
                 nta_leg_destroy(sub->leg);
         loop_timer_free(sub->timer);
+        loop_timer_free(sub->hold);
         free(sub->watcher);
         free(sub->target);
         free(sub);
@@ -127,6 +128,17 @@ void subscription_resource_changed(struct resource *res) {
         res->changed = true;
         sub->dirty = true;
         send_notify(sub);
+}
+
+void subscription_lookup_done(struct resource *res) {
+        struct subscription *sub = res->sub;
+        if (!res->waiting)
+                return;
+        res->waiting = false;
+        if (--sub->n_waiting == 0) {
+                loop_timer_disarm(sub->hold);
+                send_notify(sub);
+        }
 }
 
 static void expired(struct loop_timer *t, void *userdata) {
@@ -207,6 +219,8 @@ static char *list_body(struct subscription *sub, bool full, size_t max_bytes) {
                 /* Full state: the state of every resource known to us (a user of the
                  * service); partial: of every resource that changed, even to unknown. */
                 bool want = pr && (full ? pr->known : res->changed);
+                if (full && !want)
+                        res->changed = false; /* its (empty) state is in this NOTIFY */
                 bool fits = want && n < (size_t)p->config.notify_limit &&
                             (n == 0 || parts_len + pr->pidf_len < max_bytes);
                 if (!full && !fits) {
@@ -271,6 +285,8 @@ static void send_notify(struct subscription *sub) {
         struct presence *p = sub->presence;
         if (sub->notify || sub->ended)
                 return; /* the response callback sends what is pending */
+        if (sub->n_waiting > 0 && !sub->full_sent && !p->stopping)
+                return; /* the first NOTIFY waits for account lookups (longterm.c) */
         char state[64];
         uint64_t now = now_msec();
         bool final = sub->end_reason != NULL;
@@ -583,11 +599,13 @@ int subscribe_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip) 
         reply_subscribe(sub, irq, ms);
         sub->dirty = true;
         if (ms == 0) {
+                longterm_watch(sub);
                 end_subscription(sub, "timeout"); /* a fetch: one NOTIFY with the state */
                 return 200;
         }
         sub->expires_at = now_msec() + ms;
         loop_timer_arm(sub->timer, ms);
+        longterm_watch(sub);
         send_notify(sub);
         return 200;
 }
