@@ -11,12 +11,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/wait.h>
 
 #include <sofia-sip/sip_header.h>
 
 #include "loop.h"
 #include "macro.h"
+#include "testlib-mariadb.h"
 #include "testlib-sip.h"
 #include "testlib.h"
 
@@ -71,14 +73,15 @@ static void contact_uri(int i, char *buf, size_t size) {
                 snprintf(buf, size, "sip:user%d@example.org", i);
 }
 
-static char *address_book(int n) {
+/* Contacts from .. from + n - 1. */
+static char *address_book_from(int from, int n) {
         char *s = NULL;
         size_t len = 0;
         FILE *f = open_memstream(&s, &len);
         fputs("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<resource-lists "
               "xmlns=\"urn:ietf:params:xml:ns:resource-lists\"><list>\n",
               f);
-        for (int i = 0; i < n; i++) {
+        for (int i = from; i < from + n; i++) {
                 char uri[80];
                 contact_uri(i, uri, sizeof uri);
                 fprintf(f, "<entry uri=\"%s\"/>\n", uri);
@@ -88,10 +91,14 @@ static char *address_book(int n) {
         return s;
 }
 
+static char *address_book(int n) {
+        return address_book_from(0, n);
+}
+
 /* The password file: the users, user8 with a digest username of its own (a presence lookup
  * does not care), plus accounts of another domain that must not count. */
 static char *password_file(void) {
-        char *s = NULL;
+        _cleanup_free_ char *s = NULL;
         size_t len = 0;
         FILE *f = open_memstream(&s, &len);
         fputs("version:1\n", f);
@@ -477,6 +484,12 @@ START_TEST(test_longterm_locked_store_does_not_stall) {
         ck_assert_int_ge(counter("count-long-term-failed"), 1);
         ck_assert_int_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
         sqlite3_close(db);
+        /* A late answer: user4 reaches the first subscriber in a partial NOTIFY. */
+        _cleanup_free_ char *late = next_notify_within(owner, 5000, state, sizeof state);
+        ck_assert_ptr_nonnull(strstr(late, "fullState=\"false\""));
+        ck_assert_uint_eq(count(late, "<resource "), 1);
+        ck_assert(listed_as_user(late, 4));
+        ck_assert_ptr_nonnull(strstr(late, "<tuple id=\"long-term\">"));
 
         /* Lookups still queued answer now: users reported in partial NOTIFYs, and a new
          * subscription asks again for the failed ones. */
@@ -496,6 +509,86 @@ START_TEST(test_longterm_locked_store_does_not_stall) {
         tl_ua_free(owner);
         tl_ua_free(phone);
         tl_daemon_done(&server);
+}
+END_TEST
+
+/* MariaDB frozen (SIGSTOP: connected, but it answers nothing): the first NOTIFY leaves at
+ * long-term-max-wait; when the server wakes up, the late answers follow in partial NOTIFYs. */
+START_TEST(test_longterm_mariadb_frozen) {
+        struct tl_mariadb m;
+        tl_mariadb_start(&m);
+        tl_mariadb_sql(&m, "CREATE DATABASE sip CHARACTER SET utf8mb4 COLLATE utf8mb4_bin; USE sip;"
+                           "CREATE TABLE accounts (id INTEGER PRIMARY KEY, username VARCHAR(64) "
+                           "NOT NULL, domain VARCHAR(64) NOT NULL, phone VARCHAR(32), activated "
+                           "INTEGER NOT NULL DEFAULT 1);"
+                           "CREATE TABLE passwords (id INTEGER PRIMARY KEY, account_id INTEGER "
+                           "NOT NULL, password VARCHAR(128) NOT NULL, algorithm VARCHAR(16) NOT "
+                           "NULL);"
+                           "INSERT INTO accounts VALUES (1, 'user0', 'example.org', "
+                           "'+33600000000', 1), (5, 'user4', 'example.org', NULL, 1),"
+                           " (9, 'user8', 'example.org', NULL, 1), (13, 'user12', 'example.org',"
+                           " NULL, 1);"
+                           "INSERT INTO passwords VALUES (1, 1, 'pw', 'CLRTXT'), (5, 5, 'pw', "
+                           "'CLRTXT'), (9, 9, 'pw', 'CLRTXT'), (13, 13, 'pw', 'CLRTXT');");
+        _cleanup_free_ char *accounts = NULL;
+        ck_assert_int_ge(asprintf(&accounts,
+                                  "db-implementation=mysql\n"
+                                  "connection-string=db=sip user=presence password='s3cret' "
+                                  "unix_socket=%s\ndb-threads=1\n"
+                                  "password-request=" SQL_REQUEST "\n",
+                                  m.sock),
+                         0);
+        start("long-term-enabled=true\nlong-term-max-wait=500ms\n", accounts);
+        struct tl_ua *owner = new_ua(), *phone = new_ua();
+        char state[64];
+
+        /* Awake: contacts 0..7, users 0 (by its phone alias) and 4. */
+        _cleanup_free_ char *book1 = address_book(8);
+        struct tl_dialog *d1 = list_subscribe(owner, book1);
+        _cleanup_free_ char *n1 = next_notify(owner, state, sizeof state);
+        ck_assert_uint_eq(count(n1, "<instance "), 2);
+        ck_assert(listed_as_user(n1, 0));
+        ck_assert(listed_as_user(n1, 4));
+        ck_assert_int_eq(counter("count-notify-hold-expired"), 0);
+
+        /* Frozen: contacts 8..15, users 8 and 12. */
+        ck_assert_int_eq(kill(m.proc.pid, SIGSTOP), 0);
+        _cleanup_free_ char *book2 = address_book_from(8, 8);
+        struct tl_ua *owner2 = new_ua();
+        uint64_t t0 = now_msec();
+        struct tl_dialog *d2 = list_subscribe(owner2, book2);
+        _cleanup_free_ char *n2 = next_notify_within(owner2, 1500, state, sizeof state);
+        uint64_t waited = now_msec() - t0;
+        ck_assert_msg(waited >= 450 && waited < 1500, "first NOTIFY after %llu ms",
+                      (unsigned long long)waited);
+        ck_assert_uint_eq(count(n2, "<resource "), 8);
+        ck_assert_uint_eq(count(n2, "<instance "), 0);
+        ck_assert_int_eq(counter("count-notify-hold-expired"), 1);
+        _cleanup_free_ char *body = pidf("user9", "away");
+        ck_assert_int_eq(publish(phone, "user9", NULL, "600", body, NULL), 200);
+        _cleanup_free_ char *n3 = next_notify_within(owner2, 1000, state, sizeof state);
+        ck_assert_ptr_nonnull(strstr(n3, "<resource uri=\"sip:user9@example.org\">"));
+
+        /* Awake again: user8 and user12 arrive in partial NOTIFYs. */
+        ck_assert_int_eq(kill(m.proc.pid, SIGCONT), 0);
+        bool seen8 = false, seen12 = false;
+        for (int i = 0; i < 4 && !(seen8 && seen12); i++) {
+                _cleanup_free_ char *n = next_notify_within(owner2, 5000, state, sizeof state);
+                ck_assert_ptr_nonnull(strstr(n, "fullState=\"false\""));
+                ck_assert_ptr_nonnull(strstr(n, "<tuple id=\"long-term\">"));
+                seen8 = seen8 || strstr(n, "<resource uri=\"sip:user8@example.org\">");
+                seen12 = seen12 || strstr(n, "<resource uri=\"sip:user12@example.org\">");
+        }
+        ck_assert(seen8 && seen12);
+        _cleanup_free_ char *log = tl_log(&server.proc);
+        ck_assert_ptr_null(strstr(log, "s3cret")); /* the password is never logged */
+        tl_dialog_free(d1);
+        tl_dialog_free(d2);
+        tl_ua_free(owner);
+        tl_ua_free(owner2);
+        tl_ua_free(phone);
+        tl_daemon_done(&server);
+        tl_mariadb_stop(&m);
 }
 END_TEST
 
@@ -536,6 +629,7 @@ static Suite *suite(void) {
         tcase_add_test(tc, test_longterm_single_subscriptions);
         tcase_add_test(tc, test_longterm_disabled);
         tcase_add_test(tc, test_longterm_locked_store_does_not_stall);
+        tcase_add_test(tc, test_longterm_mariadb_frozen);
         tcase_add_test(tc, test_longterm_bad_settings);
         suite_add_tcase(s, tc);
         return s;
