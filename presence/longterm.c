@@ -202,8 +202,6 @@ bool longterm_is_user(const struct presentity *pr) {
 
 const char *longterm_account_name(const struct presentity *pr) {
         switch (pr->account) {
-        case ACCOUNT_PENDING:
-                return "pending";
         case ACCOUNT_USER:
                 return "user";
         case ACCOUNT_NOT_USER:
@@ -215,15 +213,26 @@ const char *longterm_account_name(const struct presentity *pr) {
         }
 }
 
-/* The answer for a presentity: report a user, release the NOTIFYs that waited for it. */
+/* The answer for a presentity: report a user (or no more), release the NOTIFYs that waited
+ * for it. */
 static void settle(struct longterm *lt, struct presentity *pr, enum presentity_account state) {
-        pr->account = state;
-        pr->account_checked = now_msec();
+        enum presentity_account old = pr->account;
         stats_inc(state == ACCOUNT_USER       ? lt->count_user
                   : state == ACCOUNT_NOT_USER ? lt->count_not_user
                                               : lt->count_failed);
-        if (state == ACCOUNT_USER && !pr->publications && pr->last_activity == 0)
-                presentity_changed(pr); /* the default tuple, to every watcher */
+        if (state == ACCOUNT_FAILED && (old == ACCOUNT_USER || old == ACCOUNT_NOT_USER))
+                state = old; /* a store that fails does not unmake a user */
+        else
+                pr->account_checked = now_msec();
+        pr->account = state;
+        if ((state == ACCOUNT_USER) != (old == ACCOUNT_USER) && !pr->publications &&
+            pr->last_activity == 0) {
+                /* The default tuple comes or goes, to every watcher. Its end is no activity
+                 * to remember: known = false keeps presentity_changed() from starting a last
+                 * activity period. */
+                pr->known = false;
+                presentity_changed(pr);
+        }
         for (struct resource *res = pr->watchers, *next; res; res = next) {
                 next = res->wnext;
                 subscription_lookup_done(res);
@@ -238,10 +247,8 @@ static void on_answer(int error, const struct account_secret *secret, void *user
                 return; /* gone meanwhile */
         pr->lookup = NULL;
         struct longterm *lt = pr->presence->longterm;
-        if (error == -ECANCELED || pr->presence->stopping) {
-                pr->account = ACCOUNT_UNCHECKED;
+        if (error == -ECANCELED || pr->presence->stopping)
                 return;
-        }
         if (error < 0)
                 log_info("Account lookup of '%s' failed: %s.", pr->key, strerror(-error));
         settle(lt, pr, error < 0 ? ACCOUNT_FAILED : secret ? ACCOUNT_USER : ACCOUNT_NOT_USER);
@@ -249,7 +256,7 @@ static void on_answer(int error, const struct account_secret *secret, void *user
 
 /* Asks the store about pr; true when the answer is to come. */
 static bool lookup(struct longterm *lt, struct presentity *pr) {
-        if (pr->account == ACCOUNT_PENDING)
+        if (pr->lookup)
                 return true;
         const char *at = strrchr(pr->key, '@');
         if (!at || at == pr->key) {
@@ -282,14 +289,22 @@ static bool lookup(struct longterm *lt, struct presentity *pr) {
                 return false;
         }
         pr->lookup = l;
-        pr->account = ACCOUNT_PENDING;
         return true;
 }
 
-static bool needs_lookup(const struct presentity *pr) {
-        return !pr->publications && pr->last_activity == 0 &&
-               (pr->account == ACCOUNT_UNCHECKED || pr->account == ACCOUNT_FAILED ||
-                pr->account == ACCOUNT_PENDING);
+/* Unknown accounts are cached 30 s by the store: ask again after that on a refresh. */
+#define NOT_USER_RECHECK_MS (30 * 1000)
+
+static bool needs_lookup(const struct longterm *lt, const struct presentity *pr, bool refresh) {
+        if (pr->publications || pr->last_activity > 0)
+                return false;
+        if (pr->lookup || pr->account == ACCOUNT_UNCHECKED || pr->account == ACCOUNT_FAILED)
+                return true;
+        if (!refresh)
+                return false;
+        uint64_t age = now_msec() - pr->account_checked;
+        return pr->account == ACCOUNT_USER ? age >= lt->cache_expire_ms
+                                           : age >= MIN(lt->cache_expire_ms, NOT_USER_RECHECK_MS);
 }
 
 static void hold_expired(struct loop_timer *t, void *userdata) {
@@ -310,7 +325,7 @@ static void hold_expired(struct loop_timer *t, void *userdata) {
         subscription_lookup_done(&guard);
 }
 
-void longterm_watch(struct subscription *sub) {
+void longterm_watch(struct subscription *sub, bool refresh) {
         struct longterm *lt = sub->presence->longterm;
         if (!lt || !lt->enabled || !lt->store)
                 return;
@@ -319,7 +334,7 @@ void longterm_watch(struct subscription *sub) {
         for (size_t i = 0; i < sub->n_resources; i++) {
                 struct resource *res = &sub->resources[i];
                 struct presentity *pr = res->presentity;
-                if (!pr || res->waiting || !needs_lookup(pr))
+                if (!pr || res->waiting || !needs_lookup(lt, pr, refresh))
                         continue;
                 if (lookup(lt, pr)) {
                         res->waiting = true;
@@ -340,7 +355,7 @@ void longterm_watch(struct subscription *sub) {
 
 void longterm_check(struct presentity *pr) {
         struct longterm *lt = pr->presence->longterm;
-        if (!lt || !lt->enabled || !lt->store || !pr->watchers || !needs_lookup(pr))
+        if (!lt || !lt->enabled || !lt->store || !pr->watchers || !needs_lookup(lt, pr, false))
                 return;
         (void)lookup(lt, pr);
 }

@@ -91,10 +91,10 @@ struct resource {
         bool waiting;                   /* the first NOTIFY waits for its account lookup */
 };
 
-/* longterm.c: is the presentity a user of the service (account store)? */
+/* longterm.c: is the presentity a user of the service (account store)? The last answer; a
+ * lookup under way (presentity->lookup) keeps it until the new one comes. */
 enum presentity_account {
         ACCOUNT_UNCHECKED,
-        ACCOUNT_PENDING, /* a lookup is under way */
         ACCOUNT_USER,
         ACCOUNT_NOT_USER,
         ACCOUNT_FAILED, /* the store did not answer: unknown, asked again by the next SUBSCRIBE */
@@ -115,8 +115,8 @@ struct presentity {
         size_t pidf_len;
         bool known;    /* state to report: publications or last activity */
         uint64_t mark; /* subscribe.c: duplicate detection in one list */
-        enum presentity_account account; /* long-term presence */
-        uint64_t account_checked;        /* monotonic ms of the answer */
+        enum presentity_account account; /* long-term presence: the last answer */
+        uint64_t account_checked;        /* monotonic ms of that answer */
         struct longterm_lookup *lookup;  /* under way */
 };
 
@@ -173,9 +173,11 @@ int longterm_start(struct presence *p);
 void longterm_free(struct presence *p);
 /* Does the presentity report the default tuple of a user of the service? */
 bool longterm_is_user(const struct presentity *pr);
-/* A new subscription: looks up the accounts of its resources that have nothing to report and
- * holds its first NOTIFY until they answer (at most long-term-max-wait). */
-void longterm_watch(struct subscription *sub);
+/* A new subscription (or a refresh): looks up the accounts of its resources that have nothing
+ * to report and were not asked yet (a refresh also asks again when the store failed or the
+ * answer is older than cache-expire), and holds its next full-state NOTIFY until they answer
+ * (at most long-term-max-wait). */
+void longterm_watch(struct subscription *sub, bool refresh);
 /* A watched presentity with nothing to report any more (last activity forgotten). */
 void longterm_check(struct presentity *pr);
 /* "user", "not-user"... for the control commands. */

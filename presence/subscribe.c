@@ -422,6 +422,7 @@ static int on_dialog_request(void *magic, nta_leg_t *leg, nta_incoming_t *irq, c
         /* RFC 6665 §4.2.1.2: a refresh is answered with a NOTIFY of the full state. */
         sub->full_sent = false;
         sub->dirty = true;
+        longterm_watch(sub, true);
         send_notify(sub);
         return 200;
 }
@@ -599,13 +600,13 @@ int subscribe_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip) 
         reply_subscribe(sub, irq, ms);
         sub->dirty = true;
         if (ms == 0) {
-                longterm_watch(sub);
+                longterm_watch(sub, false);
                 end_subscription(sub, "timeout"); /* a fetch: one NOTIFY with the state */
                 return 200;
         }
         sub->expires_at = now_msec() + ms;
         loop_timer_arm(sub->timer, ms);
-        longterm_watch(sub);
+        longterm_watch(sub, false);
         send_notify(sub);
         return 200;
 }

@@ -411,6 +411,66 @@ START_TEST(test_longterm_single_subscriptions) {
 }
 END_TEST
 
+static void sql(const char *path, const char *statement) {
+        sqlite3 *db;
+        ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+        ck_assert_int_eq(sqlite3_exec(db, statement, NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+}
+
+/* A refresh asks the store again once the answer is older than cache-expire: an account
+ * created or removed meanwhile shows. */
+START_TEST(test_longterm_refresh_asks_again) {
+        _cleanup_free_ char *db = sqlite_db(), *accounts = NULL;
+        ck_assert_int_ge(asprintf(&accounts,
+                                  "db-implementation=sqlite\ndatabase-path=%s\ncache-expire=1s\n"
+                                  "password-request=" SQL_REQUEST "\n",
+                                  db),
+                         0);
+        start("long-term-enabled=true\n", accounts);
+        struct tl_ua *ua = new_ua();
+        char state[64];
+        struct tl_dialog *d = subscribe(ua, "sip:user3@example.org");
+        _cleanup_free_ char *n1 = next_notify(ua, state, sizeof state);
+        ck_assert_ptr_null(strstr(n1, "<tuple"));
+
+        sql(db, "INSERT INTO accounts VALUES (4000, 'user3', 'example.org', NULL, 1);"
+                "INSERT INTO passwords VALUES (4000, 4000, 'pw', 'CLRTXT');");
+        /* Within cache-expire a refresh does not ask again. */
+        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 600",
+                                    NULL, NULL),
+                         200);
+        _cleanup_free_ char *n2 = next_notify(ua, state, sizeof state);
+        ck_assert_ptr_null(strstr(n2, "<tuple"));
+        tl_sip_run(1100);
+        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 600",
+                                    NULL, NULL),
+                         200);
+        _cleanup_free_ char *n3 = next_notify(ua, state, sizeof state);
+        ck_assert_msg(strstr(n3, "<tuple id=\"long-term\">"), "%s", n3);
+        no_request(ua, 200);
+
+        /* The account goes away: after a refresh, no default tuple (and no last activity). */
+        sql(db, "DELETE FROM accounts WHERE id = 4000;");
+        tl_sip_run(1100);
+        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 600",
+                                    NULL, NULL),
+                         200);
+        /* The refresh's full NOTIFY waits for the answer, which removes the tuple: one
+         * NOTIFY, or the tuple's removal in a second one. */
+        _cleanup_free_ char *n4 = next_notify(ua, state, sizeof state);
+        if (strstr(n4, "<tuple")) {
+                free(n4);
+                n4 = next_notify(ua, state, sizeof state);
+        }
+        ck_assert_msg(!strstr(n4, "<tuple"), "%s", n4);
+        ck_assert_msg(!strstr(n4, "last-activity"), "%s", n4);
+        tl_dialog_free(d);
+        tl_ua_free(ua);
+        tl_daemon_done(&server);
+}
+END_TEST
+
 /* long-term-enabled=false (the default): no lookup, users are those who publish. */
 START_TEST(test_longterm_disabled) {
         _cleanup_free_ char *file = password_file(), *accounts = NULL;
@@ -627,6 +687,7 @@ static Suite *suite(void) {
         tcase_add_test(tc, test_longterm_address_book_password_file);
         tcase_add_test(tc, test_longterm_address_book_sqlite);
         tcase_add_test(tc, test_longterm_single_subscriptions);
+        tcase_add_test(tc, test_longterm_refresh_asks_again);
         tcase_add_test(tc, test_longterm_disabled);
         tcase_add_test(tc, test_longterm_locked_store_does_not_stall);
         tcase_add_test(tc, test_longterm_mariadb_frozen);
