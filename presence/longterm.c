@@ -44,7 +44,7 @@ struct longterm_lookup {
 enum { DB_FILE, DB_SQLITE, DB_MYSQL };
 static const char *const db_implementations[] = {"file", "sqlite", "mysql", NULL};
 
-#define SECTION "accounts"
+#define SECTION  "accounts"
 #define L(field) offsetof(struct longterm, field)
 
 static const struct conf_section longterm_sections[] = {
@@ -102,8 +102,8 @@ int longterm_new(struct presence *p) {
         int r = conf_add_sections(daemon_conf(p->daemon), longterm_sections,
                                   ELEMENTSOF(longterm_sections));
         if (r >= 0)
-                r = conf_add_table(daemon_conf(p->daemon), longterm_rows,
-                                   ELEMENTSOF(longterm_rows), lt);
+                r = conf_add_table(daemon_conf(p->daemon), longterm_rows, ELEMENTSOF(longterm_rows),
+                                   lt);
         return r;
 }
 
@@ -317,12 +317,7 @@ static void hold_expired(struct loop_timer *t, void *userdata) {
                  (unsigned long long)sub->id, sub->watcher, sub->n_waiting,
                  (unsigned long long)lt->max_wait_ms);
         stats_inc(lt->count_hold_expired);
-        for (size_t i = 0; i < sub->n_resources; i++)
-                sub->resources[i].waiting = false;
-        /* The last one through subscription_lookup_done() sends the NOTIFY. */
-        sub->n_waiting = 1;
-        struct resource guard = {.sub = sub, .waiting = true};
-        subscription_lookup_done(&guard);
+        subscription_stop_waiting(sub);
 }
 
 void longterm_watch(struct subscription *sub, bool refresh) {
@@ -347,7 +342,7 @@ void longterm_watch(struct subscription *sub, bool refresh) {
         if (!sub->hold &&
             loop_timer_new(daemon_loop(sub->presence->daemon), hold_expired, sub, &sub->hold) < 0) {
                 log_oom();
-                hold_expired(NULL, sub);
+                subscription_stop_waiting(sub);
                 return;
         }
         loop_timer_arm(sub->hold, lt->max_wait_ms);

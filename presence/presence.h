@@ -113,7 +113,7 @@ struct presentity {
         struct loop_timer *retention; /* forgets last_activity */
         char *pidf;                   /* merged state, cached */
         size_t pidf_len;
-        bool known;    /* state to report: publications or last activity */
+        bool known;    /* state to report: publications, last activity or an account */
         uint64_t mark; /* subscribe.c: duplicate detection in one list */
         enum presentity_account account; /* long-term presence: the last answer */
         uint64_t account_checked;        /* monotonic ms of that answer */
@@ -196,8 +196,10 @@ void subscription_resource_changed(struct resource *res);
 /* Ends every subscription with a final NOTIFY (shutdown). */
 void subscriptions_terminate_all(struct presence *p, const char *reason);
 void subscription_free(struct subscription *sub);
-/* The account lookup a resource waited for answered (or the wait ended). */
+/* The account lookup a resource waited for answered. */
 void subscription_lookup_done(struct resource *res);
+/* The NOTIFY waits no more for the lookups still under way: it goes out with what is known. */
+void subscription_stop_waiting(struct subscription *sub);
 /* The reaper: frees ended subscriptions outside of sofia's callbacks. */
 void subscriptions_reap(struct presence *p);
 bool subscriptions_idle(struct presence *p);

@@ -141,6 +141,14 @@ void subscription_lookup_done(struct resource *res) {
         }
 }
 
+void subscription_stop_waiting(struct subscription *sub) {
+        for (size_t i = 0; i < sub->n_resources; i++)
+                sub->resources[i].waiting = false;
+        sub->n_waiting = 0;
+        loop_timer_disarm(sub->hold);
+        send_notify(sub);
+}
+
 static void expired(struct loop_timer *t, void *userdata) {
         struct subscription *sub = userdata;
         stats_inc(sub->presence->count.subscribe_expired);

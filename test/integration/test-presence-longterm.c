@@ -118,7 +118,7 @@ static char *password_file(void) {
 }
 
 #define SQL_REQUEST                                                                                \
-        "select password, algorithm from passwords where account_id = (select id from accounts " \
+        "select password, algorithm from passwords where account_id = (select id from accounts "   \
         "where (username = :id or phone = :id) and domain = :domain and activated = 1)"
 
 /* The same accounts in SQLite, phone aliases in a column the request also matches; plus a
@@ -335,9 +335,8 @@ static void address_book_scenario(const char *accounts) {
         ck_assert_uint_eq(count(n5, "<instance "), 50);
         ck_assert_int_eq(counter("count-long-term-lookup"), lookups);
 
-        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 0", NULL,
-                                    NULL),
-                         200);
+        ck_assert_int_eq(
+                tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 0", NULL, NULL), 200);
         _cleanup_free_ char *n6 = next_notify(owner, state, sizeof state);
         ck_assert_str_eq(state, "terminated");
         tl_dialog_free(d);
@@ -382,11 +381,9 @@ START_TEST(test_longterm_single_subscriptions) {
                 const char *uri;
                 bool user;
         } cases[] = {
-                {"sip:user0@example.org", true},
-                {"sip:+33600000040@example.org;user=phone", true},
+                {"sip:user0@example.org", true},  {"sip:+33600000040@example.org;user=phone", true},
                 {"sip:user1@example.org", false}, /* deactivated */
-                {"sip:user3@example.org", false},
-                {"sip:user4@other.org", false},
+                {"sip:user3@example.org", false}, {"sip:user4@other.org", false},
         };
         for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
                 struct tl_dialog *d = subscribe(ua, cases[i].uri);
@@ -394,8 +391,8 @@ START_TEST(test_longterm_single_subscriptions) {
                 ck_assert_str_eq(state, "active");
                 ck_assert_ptr_nonnull(strstr(n, "<presence "));
                 if (cases[i].user) {
-                        ck_assert_msg(strstr(n, "<tuple id=\"long-term\">"), "%s: %s",
-                                      cases[i].uri, n);
+                        ck_assert_msg(strstr(n, "<tuple id=\"long-term\">"), "%s: %s", cases[i].uri,
+                                      n);
                         ck_assert_ptr_nonnull(strstr(n, "<basic>open</basic>"));
                 } else
                         ck_assert_msg(!strstr(n, "<tuple"), "%s: %s", cases[i].uri, n);
@@ -437,15 +434,15 @@ START_TEST(test_longterm_refresh_asks_again) {
         sql(db, "INSERT INTO accounts VALUES (4000, 'user3', 'example.org', NULL, 1);"
                 "INSERT INTO passwords VALUES (4000, 4000, 'pw', 'CLRTXT');");
         /* Within cache-expire a refresh does not ask again. */
-        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 600",
-                                    NULL, NULL),
-                         200);
+        ck_assert_int_eq(
+                tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 600", NULL, NULL),
+                200);
         _cleanup_free_ char *n2 = next_notify(ua, state, sizeof state);
         ck_assert_ptr_null(strstr(n2, "<tuple"));
         tl_sip_run(1100);
-        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 600",
-                                    NULL, NULL),
-                         200);
+        ck_assert_int_eq(
+                tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 600", NULL, NULL),
+                200);
         _cleanup_free_ char *n3 = next_notify(ua, state, sizeof state);
         ck_assert_msg(strstr(n3, "<tuple id=\"long-term\">"), "%s", n3);
         no_request(ua, 200);
@@ -453,9 +450,9 @@ START_TEST(test_longterm_refresh_asks_again) {
         /* The account goes away: after a refresh, no default tuple (and no last activity). */
         sql(db, "DELETE FROM accounts WHERE id = 4000;");
         tl_sip_run(1100);
-        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 600",
-                                    NULL, NULL),
-                         200);
+        ck_assert_int_eq(
+                tl_ua_send(d, "SUBSCRIBE", NULL, "Event: presence\r\nExpires: 600", NULL, NULL),
+                200);
         /* The refresh's full NOTIFY waits for the answer, which removes the tuple: one
          * NOTIFY, or the tuple's removal in a second one. */
         _cleanup_free_ char *n4 = next_notify(ua, state, sizeof state);
