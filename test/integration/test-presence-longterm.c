@@ -649,6 +649,49 @@ START_TEST(test_longterm_mariadb_frozen) {
 }
 END_TEST
 
+/* A fetch (Expires: 0) waits for the lookup too; a shutdown does not wait for a held NOTIFY,
+ * and the server exits cleanly with a lookup still stuck in the database. */
+START_TEST(test_longterm_fetch_and_shutdown) {
+        _cleanup_free_ char *path = sqlite_db(), *accounts = NULL;
+        ck_assert_int_ge(asprintf(&accounts,
+                                  "db-implementation=sqlite\ndatabase-path=%s\ndb-threads=1\n"
+                                  "password-request=" SQL_REQUEST "\n",
+                                  path),
+                         0);
+        start("long-term-enabled=true\nlong-term-max-wait=10s\n", accounts);
+        struct tl_ua *ua = new_ua();
+        char state[64];
+        struct tl_dialog *d = tl_dialog_new(ua, "sip:owner@example.org", "sip:user4@example.org");
+        ck_assert_int_eq(tl_ua_send(d, "SUBSCRIBE", "sip:user4@example.org",
+                                    "Event: presence\r\nExpires: 0", NULL, NULL),
+                         200);
+        _cleanup_free_ char *n1 = next_notify(ua, state, sizeof state);
+        ck_assert_str_eq(state, "terminated");
+        ck_assert_ptr_nonnull(strstr(n1, "<tuple id=\"long-term\">"));
+        tl_dialog_free(d);
+
+        sqlite3 *db;
+        ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+        ck_assert_int_eq(sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
+        d = subscribe(ua, "sip:user8@example.org");
+        no_request(ua, 300); /* held: the lookup is stuck */
+        uint64_t t0 = now_msec();
+        tl_kill(&server.proc, SIGTERM);
+        _cleanup_free_ char *n2 = next_notify_within(ua, 2000, state, sizeof state);
+        ck_assert_msg(now_msec() - t0 < 2000, "final NOTIFY after %llu ms",
+                      (unsigned long long)(now_msec() - t0));
+        ck_assert_str_eq(state, "terminated");
+        tl_sip_run(200);
+        int st = tl_wait(&server.proc, 5000);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d", st);
+        ck_assert_int_eq(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+        tl_dialog_free(d);
+        tl_ua_free(ua);
+        tl_daemon_done(&server);
+}
+END_TEST
+
 static void refused(const char *conf_text, const char *message) {
         _cleanup_free_ char *bin = tl_build_path("presence/sipfleet-presence");
         _cleanup_free_ char *conf = tl_write_file("bad.conf", conf_text);
@@ -688,6 +731,7 @@ static Suite *suite(void) {
         tcase_add_test(tc, test_longterm_disabled);
         tcase_add_test(tc, test_longterm_locked_store_does_not_stall);
         tcase_add_test(tc, test_longterm_mariadb_frozen);
+        tcase_add_test(tc, test_longterm_fetch_and_shutdown);
         tcase_add_test(tc, test_longterm_bad_settings);
         suite_add_tcase(s, tc);
         return s;
