@@ -132,10 +132,11 @@ int longterm_start(struct presence *p) {
         lt->count_failed = stats_declare(st, "presence", "count-long-term-failed",
                                          "Lookups the account store could not answer (or "
                                          "refused: queue full)");
-        lt->count_held = stats_declare(st, "presence", "count-notify-held",
-                                       "First NOTIFYs that waited for account lookups");
+        lt->count_held = stats_declare(
+                st, "presence", "count-notify-held",
+                "Full-state NOTIFYs (first, or of a refresh) that waited for account lookups");
         lt->count_hold_expired = stats_declare(st, "presence", "count-notify-hold-expired",
-                                               "First NOTIFYs sent at long-term-max-wait, "
+                                               "Held NOTIFYs sent at long-term-max-wait, "
                                                "before every lookup answered");
         if (!lt->enabled)
                 return 0;
