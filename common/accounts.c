@@ -90,6 +90,7 @@ struct job {
         struct job *next;
         enum job_kind kind;
         char *user, *domain, *authid;
+        bool any_auth; /* account_store_lookup_user(): whatever the digest username */
         account_lookup_fn cb;
         void *userdata;
         int error;
@@ -163,6 +164,9 @@ static void cache_entry_free(void *p) {
         free(e);
 }
 
+/* The cache key part of account_store_lookup_user()'s answers: no digest username has it. */
+#define ANY_AUTH "\x1e*"
+
 static char *cache_key(const char *user, const char *domain, const char *authid) {
         char *k;
         if (asprintf(&k, "%s\x1f%s\x1f%s", user, domain, authid ? authid : user) < 0)
@@ -232,9 +236,10 @@ static void cache_store(struct account_store *s, const struct job *j) {
         if (!s->cache || j->error < 0)
                 return;
         struct cache_entry *e = calloc(1, sizeof *e);
-        _cleanup_free_ char *k = cache_key(j->user, j->domain, j->authid);
+        const char *authid = j->any_auth ? ANY_AUTH : j->authid;
+        _cleanup_free_ char *k = cache_key(j->user, j->domain, authid);
         if (!e || !k || !(e->user = strdup(j->user)) || !(e->domain = strdup(j->domain)) ||
-            !(e->authid = strdup(j->authid ? j->authid : j->user)) ||
+            !(e->authid = strdup(authid ? authid : j->user)) ||
             (j->result && !(e->secret = account_secret_dup(j->result)))) {
                 cache_entry_free(e);
                 return;
@@ -495,13 +500,14 @@ void account_store_free(struct account_store *s) {
         free(s);
 }
 
-int account_store_lookup(struct account_store *s, const char *user, const char *domain,
-                         const char *authid, account_lookup_fn cb, void *userdata) {
+static int lookup(struct account_store *s, const char *user, const char *domain,
+                  const char *authid, bool any_auth, account_lookup_fn cb, void *userdata) {
         struct job *j = calloc(1, sizeof *j);
         int r;
         if (!j)
                 return -ENOMEM;
         j->kind = JOB_LOOKUP;
+        j->any_auth = any_auth;
         j->cb = cb;
         j->userdata = userdata;
         if (!(j->user = strdup(user)) || !(j->domain = strdup(domain)) ||
@@ -515,7 +521,7 @@ int account_store_lookup(struct account_store *s, const char *user, const char *
                 /* In memory: answered at once, delivered from the loop like the others. */
                 const struct account_secret *found =
                         account_table_find(s->table, user, domain, authid ? authid : NULL);
-                if (found && !authid && !streq(found->auth_user, found->user))
+                if (found && !authid && !any_auth && !streq(found->auth_user, found->user))
                         found = NULL;
                 if (found && !(j->result = account_secret_dup(found))) {
                         job_free(j);
@@ -531,6 +537,21 @@ int account_store_lookup(struct account_store *s, const char *user, const char *
         if (r < 0)
                 job_free(j);
         return r;
+}
+
+int account_store_lookup(struct account_store *s, const char *user, const char *domain,
+                         const char *authid, account_lookup_fn cb, void *userdata) {
+        return lookup(s, user, domain, authid, false, cb, userdata);
+}
+
+int account_store_lookup_user(struct account_store *s, const char *user, const char *domain,
+                              account_lookup_fn cb, void *userdata) {
+        return lookup(s, user, domain, NULL, true, cb, userdata);
+}
+
+int account_store_cached_user(struct account_store *s, const char *user, const char *domain,
+                              const struct account_secret **ret) {
+        return account_store_cached(s, user, domain, ANY_AUTH, ret);
 }
 
 int account_store_cached(struct account_store *s, const char *user, const char *domain,

@@ -109,6 +109,16 @@ int account_store_lookup(struct account_store *s, const char *user, const char *
 int account_store_cached(struct account_store *s, const char *user, const char *domain,
                          const char *authid, const struct account_secret **ret);
 
+/* Is user@domain an account (user: the identity's user or its phone alias), whatever its
+ * digest username? For services that only need to know who the users are (presence). The SQL
+ * request runs with :authid = user. Same callback as account_store_lookup(); the answers are
+ * cached apart from its own. */
+int account_store_lookup_user(struct account_store *s, const char *user, const char *domain,
+                              account_lookup_fn cb, void *userdata);
+/* account_store_cached() for account_store_lookup_user()'s answers. */
+int account_store_cached_user(struct account_store *s, const char *user, const char *domain,
+                              const struct account_secret **ret);
+
 /* Re-reads the password file in a worker (nothing for SQLite); the reloaded hook reports. The
  * cache is emptied when the new accounts are in place. */
 int account_store_reload(struct account_store *s);

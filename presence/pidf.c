@@ -300,6 +300,17 @@ int pidf_merge_last_activity(xmlDocPtr out, time_t last) {
         return 0;
 }
 
+int pidf_merge_default(xmlDocPtr out) {
+        xmlNodePtr root = xmlDocGetRootElement(out);
+        xmlNsPtr pidf = root->ns;
+        xmlNodePtr t = xmlNewChild(root, pidf, BAD_CAST "tuple", NULL);
+        xmlNodePtr st = t ? xmlNewChild(t, pidf, BAD_CAST "status", NULL) : NULL;
+        if (!st || !xmlNewProp(t, BAD_CAST "id", BAD_CAST "long-term") ||
+            !xmlNewChild(st, pidf, BAD_CAST "basic", BAD_CAST "open"))
+                return -ENOMEM;
+        return 0;
+}
+
 static int collect_entries(xmlNodePtr list, size_t max, char ***uris, size_t *n) {
         for (xmlNodePtr c = list->children; c; c = c->next) {
                 if (is(c, RESOURCE_LISTS_NS, "list")) {

@@ -48,6 +48,9 @@ bool pidf_is_open(xmlDocPtr doc);
 xmlDocPtr pidf_merge_new(const char *entity);
 int pidf_merge_add(xmlDocPtr out, xmlDocPtr src);
 int pidf_merge_last_activity(xmlDocPtr out, time_t last);
+/* Long-term presence: the default tuple of a user of the service with nothing published
+ * (id "long-term", basic open). */
+int pidf_merge_default(xmlDocPtr out);
 
 /* RFC 3339 UTC time ("2026-11-23T18:42:22Z") into buf (at least 32 bytes). */
 void xml_format_time(time_t t, char *buf, size_t size);

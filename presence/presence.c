@@ -167,6 +167,7 @@ static void presentity_free(struct presentity *pr) {
         *pp = pr->hnext;
         p->n_presentities--;
         shared_unwatch(pr);
+        longterm_forget(pr);
         while (pr->publications)
                 publication_free(pr->publications);
         loop_timer_free(pr->retention);
@@ -188,6 +189,7 @@ static void retention_done(struct loop_timer *t, void *userdata) {
         pr->last_activity = 0;
         pr->known = false; /* so that presentity_changed() does not start another period */
         presentity_changed(pr);
+        longterm_check(pr);
         presentity_maybe_free(pr);
 }
 
@@ -214,6 +216,8 @@ static int rebuild(struct presentity *pr) {
                 r = pidf_merge_add(doc, pub->doc);
         if (r >= 0 && !pr->publications && pr->last_activity > 0)
                 r = pidf_merge_last_activity(doc, pr->last_activity);
+        else if (r >= 0 && !pr->publications && longterm_is_user(pr))
+                r = pidf_merge_default(doc);
         size_t len = 0;
         char *s = r >= 0 ? xml_to_string(doc, &len) : NULL;
         xmlFreeDoc(doc);
@@ -222,10 +226,9 @@ static int rebuild(struct presentity *pr) {
         free(pr->pidf);
         pr->pidf = s;
         pr->pidf_len = len;
-        /* A user of the service, as list NOTIFYs report it. Long-term presence (an account
-         * store lookup for an address without publication, with its devices' capabilities)
-         * will widen this and add a default tuple here. */
-        pr->known = pr->publications || pr->last_activity > 0;
+        /* A user of the service, as list NOTIFYs report it: it publishes, published lately, or
+         * (long-term presence) has an account. */
+        pr->known = pr->publications || pr->last_activity > 0 || longterm_is_user(pr);
         (void)p;
         return 0;
 }
@@ -315,6 +318,9 @@ static int ctl_presentities(struct ctl_request *req, int argc, char **argv, void
                         json_t *o = json_pack("{s:s, s:o, s:o, s:i}", "presentity", pr->key,
                                               "publications", pubs, "activities", acts, "watchers",
                                               (int)pr->n_watchers);
+                        if (pr->account != ACCOUNT_UNCHECKED)
+                                json_object_set_new(o, "account",
+                                                    json_string(longterm_account_name(pr)));
                         if (pr->last_activity > 0) {
                                 char stamp[32];
                                 xml_format_time(pr->last_activity, stamp, sizeof stamp);
@@ -419,6 +425,11 @@ int presence_new(struct daemon *d, struct presence **ret) {
                 presence_free(p);
                 return r;
         }
+        r = longterm_new(p);
+        if (r < 0) {
+                presence_free(p);
+                return r;
+        }
         xmlInitParser();
         *ret = p;
         return 0;
@@ -472,6 +483,9 @@ int presence_start(struct presence *p) {
                 return log_error_errno(EINVAL, "[presence] a min-expires is above its "
                                                "max-expires.");
         declare_counters(p);
+        r = longterm_start(p);
+        if (r < 0)
+                return r;
         r = loop_timer_new(daemon_loop(p->daemon), reap, p, &p->reaper);
         if (r < 0)
                 return log_error_errno(r, "Failed to create a timer: %m");
@@ -524,7 +538,9 @@ const struct daemon_hooks presence_hooks = {.stop = presence_stop};
 void presence_free(struct presence *p) {
         if (!p)
                 return;
+        p->stopping = true;
         shared_free(p); /* PUBLISHs waiting for Redis get their 503 while nta is alive */
+        longterm_free(p); /* its pending answers are dropped */
         while (p->subscriptions)
                 subscription_free(p->subscriptions);
         subscriptions_reap(p);

@@ -43,6 +43,7 @@ struct presence_config {
 struct presentity;
 struct subscription;
 struct resource;
+struct longterm;
 
 struct presence {
         struct daemon *daemon;
@@ -61,6 +62,7 @@ struct presence {
         struct subscription *subscriptions; /* live ones, doubly linked */
         size_t n_subscriptions;
         struct subscription *dead; /* ended, freed by the reaper */
+        struct longterm *longterm; /* longterm.c: users of the service from the account store */
         struct loop_timer *reaper;
         uint64_t next_id;
 
@@ -99,6 +101,16 @@ struct resource {
         char *uri;                      /* as the subscriber wrote it */
         bool changed;                   /* to send in the next partial NOTIFY */
         bool sent;                      /* state included in a NOTIFY already */
+        bool waiting;                   /* the first NOTIFY waits for its account lookup */
+};
+
+/* longterm.c: is the presentity a user of the service (account store)? The last answer; a
+ * lookup under way (presentity->lookup) keeps it until the new one comes. */
+enum presentity_account {
+        ACCOUNT_UNCHECKED,
+        ACCOUNT_USER,
+        ACCOUNT_NOT_USER,
+        ACCOUNT_FAILED, /* the store did not answer: unknown, asked again by the next SUBSCRIBE */
 };
 
 struct presentity {
@@ -114,7 +126,7 @@ struct presentity {
         struct loop_timer *retention; /* forgets last_activity */
         char *pidf;                   /* merged state, cached */
         size_t pidf_len;
-        bool known;    /* state to report: publications or last activity */
+        bool known;    /* state to report: publications, last activity or an account */
         uint64_t mark; /* subscribe.c: duplicate detection in one list */
         /* Shared state: a mirror of Redis kept while the presentity has watchers. */
         uint64_t gen;   /* tells a reply for this presentity from one for an older one */
@@ -123,6 +135,9 @@ struct presentity {
         unsigned loads; /* reads in flight */
         bool reload;    /* read again when they complete */
         bool stale;     /* a read failed: read again when the command link is back */
+        enum presentity_account account; /* long-term presence: the last answer */
+        uint64_t account_checked;        /* monotonic ms of that answer */
+        struct longterm_lookup *lookup;  /* under way */
 };
 
 struct subscription {
@@ -145,6 +160,8 @@ struct subscription {
         const char *end_reason; /* set: the next NOTIFY is the final one */
         bool ended;             /* final NOTIFY sent (or failed) */
         bool dead;              /* on the dead list, waiting for the reaper */
+        size_t n_waiting;       /* resources whose account lookup the first NOTIFY waits for */
+        struct loop_timer *hold; /* bounds that wait */
 };
 
 extern const struct daemon_hooks presence_hooks;
@@ -185,6 +202,23 @@ int shared_publish(struct presence *p, nta_incoming_t *irq, const char *key, con
 void shared_watch(struct presentity *pr);
 /* It is about to be freed. */
 void shared_unwatch(struct presentity *pr);
+/* longterm.c: long-term presence ([presence] long-term-enabled, the [accounts] store). */
+int longterm_new(struct presence *p);
+int longterm_start(struct presence *p);
+void longterm_free(struct presence *p);
+/* Does the presentity report the default tuple of a user of the service? */
+bool longterm_is_user(const struct presentity *pr);
+/* A new subscription (or a refresh): looks up the accounts of its resources that have nothing
+ * to report and were not asked yet (a refresh also asks again when the store failed or the
+ * answer is older than cache-expire), and holds its next full-state NOTIFY until they answer
+ * (at most long-term-max-wait). */
+void longterm_watch(struct subscription *sub, bool refresh);
+/* A watched presentity with nothing to report any more (last activity forgotten). */
+void longterm_check(struct presentity *pr);
+/* "user", "not-user"... for the control commands. */
+const char *longterm_account_name(const struct presentity *pr);
+/* The presentity goes away: its lookup's answer is dropped. */
+void longterm_forget(struct presentity *pr);
 
 /* publish.c */
 struct publication *publication_new(struct presentity *pr, xmlDocPtr doc, uint64_t expires_ms,
@@ -205,6 +239,10 @@ void subscription_loaded(struct subscription *sub);
 /* Ends every subscription with a final NOTIFY (shutdown). */
 void subscriptions_terminate_all(struct presence *p, const char *reason);
 void subscription_free(struct subscription *sub);
+/* The account lookup a resource waited for answered. */
+void subscription_lookup_done(struct resource *res);
+/* The NOTIFY waits no more for the lookups still under way: it goes out with what is known. */
+void subscription_stop_waiting(struct subscription *sub);
 /* The reaper: frees ended subscriptions outside of sofia's callbacks. */
 void subscriptions_reap(struct presence *p);
 bool subscriptions_idle(struct presence *p);

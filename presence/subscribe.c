@@ -68,6 +68,7 @@ static void destroy(struct subscription *sub) {
         if (sub->leg)
                 nta_leg_destroy(sub->leg);
         loop_timer_free(sub->timer);
+        loop_timer_free(sub->hold);
         free(sub->watcher);
         free(sub->target);
         free(sub);
@@ -132,6 +133,25 @@ void subscription_resource_changed(struct resource *res) {
 void subscription_loaded(struct subscription *sub) {
         if (sub->n_loading > 0 && --sub->n_loading == 0 && !sub->full_sent)
                 send_notify(sub);
+}
+
+void subscription_lookup_done(struct resource *res) {
+        struct subscription *sub = res->sub;
+        if (!res->waiting)
+                return;
+        res->waiting = false;
+        if (--sub->n_waiting == 0) {
+                loop_timer_disarm(sub->hold);
+                send_notify(sub);
+        }
+}
+
+void subscription_stop_waiting(struct subscription *sub) {
+        for (size_t i = 0; i < sub->n_resources; i++)
+                sub->resources[i].waiting = false;
+        sub->n_waiting = 0;
+        loop_timer_disarm(sub->hold);
+        send_notify(sub);
 }
 
 static void expired(struct loop_timer *t, void *userdata) {
@@ -212,6 +232,8 @@ static char *list_body(struct subscription *sub, bool full, size_t max_bytes) {
                 /* Full state: the state of every resource known to us (a user of the
                  * service); partial: of every resource that changed, even to unknown. */
                 bool want = pr && (full ? pr->known : res->changed);
+                if (full && !want)
+                        res->changed = false; /* its (empty) state is in this NOTIFY */
                 bool fits = want && n < (size_t)p->config.notify_limit &&
                             (n == 0 || parts_len + pr->pidf_len < max_bytes);
                 if (!full && !fits) {
@@ -278,6 +300,8 @@ static void send_notify(struct subscription *sub) {
                 return; /* the response callback sends what is pending */
         if (sub->n_loading > 0 && !sub->full_sent && !p->stopping)
                 return; /* the full state waits for Redis: subscription_loaded() sends it */
+        if (sub->n_waiting > 0 && !sub->full_sent && !p->stopping)
+                return; /* the first NOTIFY waits for account lookups (longterm.c) */
         char state[64];
         uint64_t now = now_msec();
         bool final = sub->end_reason != NULL;
@@ -413,6 +437,7 @@ static int on_dialog_request(void *magic, nta_leg_t *leg, nta_incoming_t *irq, c
         /* RFC 6665 §4.2.1.2: a refresh is answered with a NOTIFY of the full state. */
         sub->full_sent = false;
         sub->dirty = true;
+        longterm_watch(sub, true);
         send_notify(sub);
         return 200;
 }
@@ -596,11 +621,13 @@ int subscribe_handle(struct presence *p, nta_incoming_t *irq, const sip_t *sip) 
         reply_subscribe(sub, irq, ms);
         sub->dirty = true;
         if (ms == 0) {
+                longterm_watch(sub, false);
                 end_subscription(sub, "timeout"); /* a fetch: one NOTIFY with the state */
                 return 200;
         }
         sub->expires_at = now_msec() + ms;
         loop_timer_arm(sub->timer, ms);
+        longterm_watch(sub, false);
         send_notify(sub);
         return 200;
 }

@@ -398,6 +398,61 @@ START_TEST(test_accounts_cache) {
 }
 END_TEST
 
+static void lookup_user(struct fixture *f, const char *user, const char *domain,
+                        struct waiter *w) {
+        *w = (struct waiter){.f = f};
+        ck_assert_int_eq(account_store_lookup_user(f->store, user, domain, on_result, w), 0);
+        ck_assert(!w->done);
+        run_until(f, &w->done);
+        ck_assert_int_eq(w->error, 0);
+}
+
+/* Who is a user (presence): the account whatever its digest username, or its phone alias;
+ * cached apart from the authentication lookups. */
+START_TEST(test_accounts_lookup_user) {
+        _cleanup_free_ char *path = write_password_file("users.passwd");
+        struct fixture f;
+        fixture_new(&f, ACCOUNT_BACKEND_FILE, path, false);
+        struct waiter w;
+        lookup(&f, "carol", "example.org", NULL, &w);
+        ck_assert(!w.found); /* authentication: carol signs in as carol-auth */
+        lookup_user(&f, "carol", "example.org", &w);
+        ck_assert(w.found);
+        ck_assert_str_eq(w.auth_user, "carol-auth");
+        lookup_user(&f, "+33611", "Example.org", &w);
+        ck_assert(w.found);
+        lookup_user(&f, "alice", "example.org", &w);
+        ck_assert(w.found);
+        lookup_user(&f, "nobody", "example.org", &w);
+        ck_assert(!w.found);
+        lookup_user(&f, "alice", "other.org", &w);
+        ck_assert(!w.found);
+        const struct account_secret *s = NULL;
+        ck_assert_int_eq(account_store_cached_user(f.store, "carol", "example.org", &s), 1);
+        ck_assert_ptr_nonnull(s);
+        ck_assert_int_eq(account_store_cached(f.store, "carol", "example.org", NULL, &s), 1);
+        ck_assert_ptr_null(s); /* the authentication answer stays its own */
+        ck_assert_int_eq(account_store_cached_user(f.store, "nobody", "example.org", &s), 1);
+        ck_assert_ptr_null(s);
+        ck_assert_int_eq(account_store_cached_user(f.store, "bob", "example.org", &s), 0);
+        json_t *list = account_store_cache_list(f.store, NULL);
+        char *text = json_dumps(list, 0);
+        ck_assert_ptr_null(strstr(text, "carolpw"));
+        free(text);
+        json_decref(list);
+        fixture_free(&f);
+
+        /* SQLite: the request runs with :authid = :id. */
+        _cleanup_free_ char *db = write_database("users.db");
+        fixture_new(&f, ACCOUNT_BACKEND_SQLITE, db, false);
+        lookup_user(&f, "alice", "example.org", &w);
+        ck_assert(w.found);
+        lookup_user(&f, "nobody", "example.org", &w);
+        ck_assert(!w.found);
+        fixture_free(&f);
+}
+END_TEST
+
 START_TEST(test_accounts_broken_lines_skipped) {
         _cleanup_free_ char *path = tl_write_file(
                 "broken.passwd",
@@ -578,6 +633,7 @@ static Suite *accounts_suite(void) {
         tc = tcase_create("store");
         tcase_add_loop_test(tc, test_accounts_table_every_backend, 0, 3);
         tcase_add_test(tc, test_accounts_cache);
+        tcase_add_test(tc, test_accounts_lookup_user);
         tcase_add_test(tc, test_accounts_broken_lines_skipped);
         tcase_add_test(tc, test_accounts_reload_on_change_and_request);
         tcase_add_test(tc, test_accounts_sql_errors);

@@ -1,0 +1,364 @@
+/* SPDX-License-Identifier: MIT */
+/* Long-term presence: a presentity with nothing to report (no publication, no remembered last
+ * activity) is looked up in the account store ([accounts]: password file, SQLite or
+ * MariaDB/MySQL, the proxy's common/accounts.c). A user of the service is then reported with a
+ * default tuple (basic open); anyone else stays unknown. Lookups run in the store's threads
+ * and answer through the loop; the first NOTIFY of a subscription waits for the lookups of its
+ * resources, at most long-term-max-wait, after which it goes out with what is known and late
+ * answers follow in partial NOTIFYs. */
+#define LOG_SUBSYSTEM LOG_presence
+#include <stdlib.h>
+#include <string.h>
+
+#include "accounts.h"
+#include "daemon.h"
+#include "loop.h"
+#include "macro.h"
+#include "presence.h"
+#include "stats.h"
+
+struct longterm {
+        struct presence *presence;
+        /* [presence] */
+        bool enabled;
+        uint64_t max_wait_ms;
+        /* [accounts] */
+        int db_implementation;
+        char *file_path;
+        char *database_path;
+        char *password_request;
+        char *connection_string;
+        int64_t db_threads, max_queue_size, cache_size;
+        uint64_t cache_expire_ms;
+
+        struct account_store *store;
+        struct stats_counter *count_lookup, *count_user, *count_not_user, *count_failed,
+                *count_held, *count_hold_expired;
+};
+
+/* One lookup under way; pr is NULL once the presentity is gone. */
+struct longterm_lookup {
+        struct presentity *pr;
+};
+
+enum { DB_FILE, DB_SQLITE, DB_MYSQL };
+static const char *const db_implementations[] = {"file", "sqlite", "mysql", NULL};
+
+#define SECTION  "accounts"
+#define L(field) offsetof(struct longterm, field)
+
+static const struct conf_section longterm_sections[] = {
+        {SECTION, "Account store of long-term presence ([presence] long-term-enabled): who is a "
+                  "user of the service; the same keys as the proxy's [module::Authentication]"},
+};
+
+static const struct conf_option longterm_rows[] = {
+        {"presence", "long-term-enabled", CONF_BOOL, L(enabled), "false", 0, 0, 0,
+         "Long-term presence: a presentity with no publication and no last activity is looked "
+         "up in the [accounts] store; users of the service get a default open tuple, the "
+         "others stay unknown"},
+        {"presence", "long-term-max-wait", CONF_DURATION, L(max_wait_ms), "2s", 0, 0, 0,
+         "How long the first NOTIFY of a subscription waits for the account lookups of its "
+         "resources; later answers follow in partial NOTIFYs",
+         .unit = CONF_UNIT_MS},
+        {SECTION, "db-implementation", CONF_ENUM, L(db_implementation), "file", 0, 0, 0,
+         "Where accounts are: file (file-path), sqlite (database-path, password-request) or "
+         "mysql (MariaDB/MySQL: connection-string, password-request)",
+         .choices = db_implementations},
+        {SECTION, "file-path", CONF_STRING, L(file_path), NULL, 0, 0, 0,
+         "Password file (the proxy's format: 'user@domain clrtxt:secret ; [auth-user] "
+         "[phone]'), re-read when it changes"},
+        {SECTION, "database-path", CONF_STRING, L(database_path), NULL, 0, 0, 0,
+         "SQLite database with the accounts, opened read-only (db-implementation=sqlite)"},
+        {SECTION, "password-request", CONF_STRING, L(password_request),
+         "select password, algorithm from passwords where account_id = (select id from "
+         "accounts where username = :id and domain = :domain and activated = 1)",
+         0, 0, 0,
+         "SQL that returns a row for an account; :id = user part of the presentity (or its "
+         "phone number: match a phone column too for aliases), :domain = its domain, "
+         ":authid = :id"},
+        {SECTION, "connection-string", CONF_STRING, L(connection_string), NULL, 0, 0, CONF_SECRET,
+         "MariaDB/MySQL server for db-implementation=mysql: db=NAME user=USER "
+         "password='...' host=HOST port=3306 (or unix_socket=PATH)"},
+        {SECTION, "db-threads", CONF_INT, L(db_threads), "2", 1, 64, 0,
+         "Threads running SQL lookups, so that the SIP loop never waits for the database"},
+        {SECTION, "max-queue-size", CONF_INT, L(max_queue_size), "1000", 1, 1000000, 0,
+         "Lookups waiting for a database thread; beyond, the presentity stays unknown until "
+         "the next SUBSCRIBE asks again"},
+        {SECTION, "cache-expire", CONF_DURATION, L(cache_expire_ms), "1800s", 0, 0, 0,
+         "How long an answer is remembered for new subscriptions (unknown accounts at most "
+         "30s); 0 = no cache",
+         .unit = CONF_UNIT_S},
+        {SECTION, "cache-size", CONF_INT, L(cache_size), "100000", 1, 10000000, 0,
+         "Answers kept in the cache; the least recently used go first"},
+};
+
+int longterm_new(struct presence *p) {
+        struct longterm *lt = calloc(1, sizeof *lt);
+        if (!lt)
+                return -ENOMEM;
+        lt->presence = p;
+        p->longterm = lt;
+        int r = conf_add_sections(daemon_conf(p->daemon), longterm_sections,
+                                  ELEMENTSOF(longterm_sections));
+        if (r >= 0)
+                r = conf_add_table(daemon_conf(p->daemon), longterm_rows, ELEMENTSOF(longterm_rows),
+                                   lt);
+        return r;
+}
+
+static void on_reloaded(int error, char *const *errors, size_t n_accounts, void *userdata) {
+        struct longterm *lt = userdata;
+        for (char *const *e = errors; e && *e; e++)
+                log_warning("%s", *e);
+        if (error < 0)
+                log_warning("Password file '%s' cannot be read (%s), keeping its previous "
+                            "accounts.",
+                            lt->file_path, strerror(-error));
+        else
+                log_notice("Password file '%s': %zu accounts.", lt->file_path, n_accounts);
+}
+
+int longterm_start(struct presence *p) {
+        struct longterm *lt = p->longterm;
+        struct stats *st = daemon_stats(p->daemon);
+        int r;
+        lt->count_lookup = stats_declare(st, "presence", "count-long-term-lookup",
+                                         "Account lookups of long-term presence");
+        lt->count_user = stats_declare(st, "presence", "count-long-term-user",
+                                       "Lookups that found a user of the service");
+        lt->count_not_user = stats_declare(st, "presence", "count-long-term-not-user",
+                                           "Lookups that found no account");
+        lt->count_failed = stats_declare(st, "presence", "count-long-term-failed",
+                                         "Lookups the account store could not answer (or "
+                                         "refused: queue full)");
+        lt->count_held = stats_declare(
+                st, "presence", "count-notify-held",
+                "Full-state NOTIFYs (first, or of a refresh) that waited for account lookups");
+        lt->count_hold_expired = stats_declare(st, "presence", "count-notify-hold-expired",
+                                               "Held NOTIFYs sent at long-term-max-wait, "
+                                               "before every lookup answered");
+        if (!lt->enabled)
+                return 0;
+        if (lt->db_implementation == DB_FILE && isempty(lt->file_path))
+                return log_error_errno(EINVAL, "[" SECTION "] file-path is needed with "
+                                               "db-implementation=file.");
+        if (lt->db_implementation == DB_SQLITE && isempty(lt->database_path))
+                return log_error_errno(EINVAL, "[" SECTION "] database-path is needed with "
+                                               "db-implementation=sqlite.");
+        if (lt->db_implementation == DB_MYSQL && isempty(lt->connection_string))
+                return log_error_errno(EINVAL, "[" SECTION "] connection-string is needed with "
+                                               "db-implementation=mysql.");
+        static const enum account_backend backends[] = {
+                [DB_FILE] = ACCOUNT_BACKEND_FILE,
+                [DB_SQLITE] = ACCOUNT_BACKEND_SQLITE,
+                [DB_MYSQL] = ACCOUNT_BACKEND_MYSQL,
+        };
+        struct account_store_config cfg = {
+                .backend = backends[lt->db_implementation],
+                .file_path = lt->file_path,
+                .database_path = lt->database_path,
+                .request = lt->password_request,
+                .connection_string = lt->connection_string,
+                .threads = (unsigned)lt->db_threads,
+                .max_queue = (size_t)lt->max_queue_size,
+                .cache_expire_ms = lt->cache_expire_ms,
+                .cache_max = (size_t)lt->cache_size,
+                .watch = true,
+                .reloaded = on_reloaded,
+                .userdata = lt,
+        };
+        _cleanup_strv_free_ char **errors = NULL;
+        r = account_store_new(daemon_loop(p->daemon), &cfg, &errors, &lt->store);
+        STRV_FOREACH(e, errors)
+                if (r >= 0)
+                        log_warning("%s", *e);
+                else
+                        log_error("%s", *e);
+        if (r < 0)
+                return log_error_errno(r, "Failed to open the account store (%s): %m",
+                                       db_implementations[lt->db_implementation]);
+        if (lt->db_implementation == DB_FILE)
+                log_notice("Long-term presence: password file '%s', %zu accounts.", lt->file_path,
+                           account_store_n_accounts(lt->store));
+        else
+                log_notice("Long-term presence: accounts in %s.",
+                           db_implementations[lt->db_implementation]);
+        return 0;
+}
+
+void longterm_free(struct presence *p) {
+        struct longterm *lt = p->longterm;
+        if (!lt)
+                return;
+        account_store_free(lt->store); /* pending answers come back cancelled */
+        free(lt);
+        p->longterm = NULL;
+}
+
+bool longterm_is_user(const struct presentity *pr) {
+        const struct longterm *lt = pr->presence->longterm;
+        return lt && lt->enabled && pr->account == ACCOUNT_USER;
+}
+
+const char *longterm_account_name(const struct presentity *pr) {
+        switch (pr->account) {
+        case ACCOUNT_USER:
+                return "user";
+        case ACCOUNT_NOT_USER:
+                return "not-user";
+        case ACCOUNT_FAILED:
+                return "failed";
+        default:
+                return "unchecked";
+        }
+}
+
+/* The answer for a presentity: report a user (or no more), release the NOTIFYs that waited
+ * for it. */
+static void settle(struct longterm *lt, struct presentity *pr, enum presentity_account state) {
+        enum presentity_account old = pr->account;
+        stats_inc(state == ACCOUNT_USER       ? lt->count_user
+                  : state == ACCOUNT_NOT_USER ? lt->count_not_user
+                                              : lt->count_failed);
+        if (state == ACCOUNT_FAILED && (old == ACCOUNT_USER || old == ACCOUNT_NOT_USER))
+                state = old; /* a store that fails does not unmake a user */
+        else
+                pr->account_checked = now_msec();
+        pr->account = state;
+        if ((state == ACCOUNT_USER) != (old == ACCOUNT_USER) && !pr->publications &&
+            pr->last_activity == 0) {
+                /* The default tuple comes or goes, to every watcher. Its end is no activity
+                 * to remember: known = false keeps presentity_changed() from starting a last
+                 * activity period. */
+                pr->known = false;
+                presentity_changed(pr);
+        }
+        for (struct resource *res = pr->watchers, *next; res; res = next) {
+                next = res->wnext;
+                subscription_lookup_done(res);
+        }
+}
+
+static void on_answer(int error, const struct account_secret *secret, void *userdata) {
+        struct longterm_lookup *l = userdata;
+        struct presentity *pr = l->pr;
+        free(l);
+        if (!pr)
+                return; /* gone meanwhile */
+        pr->lookup = NULL;
+        struct longterm *lt = pr->presence->longterm;
+        if (error == -ECANCELED || pr->presence->stopping)
+                return;
+        if (error < 0)
+                log_info("Account lookup of '%s' failed: %s.", pr->key, strerror(-error));
+        settle(lt, pr, error < 0 ? ACCOUNT_FAILED : secret ? ACCOUNT_USER : ACCOUNT_NOT_USER);
+}
+
+/* Asks the store about pr; true when the answer is to come. */
+static bool lookup(struct longterm *lt, struct presentity *pr) {
+        if (pr->lookup)
+                return true;
+        const char *at = strrchr(pr->key, '@');
+        if (!at || at == pr->key) {
+                settle(lt, pr, ACCOUNT_NOT_USER); /* a bare host is nobody's account */
+                return false;
+        }
+        _cleanup_free_ char *user = strndup(pr->key, (size_t)(at - pr->key));
+        if (!user) {
+                log_oom();
+                return false;
+        }
+        const struct account_secret *cached = NULL;
+        if (account_store_cached_user(lt->store, user, at + 1, &cached) > 0) {
+                settle(lt, pr, cached ? ACCOUNT_USER : ACCOUNT_NOT_USER);
+                return false;
+        }
+        struct longterm_lookup *l = calloc(1, sizeof *l);
+        if (!l) {
+                log_oom();
+                return false;
+        }
+        l->pr = pr;
+        stats_inc(lt->count_lookup);
+        int r = account_store_lookup_user(lt->store, user, at + 1, on_answer, l);
+        if (r < 0) {
+                free(l);
+                log_info("Account lookup of '%s' not started: %s.", pr->key,
+                         r == -EAGAIN ? "max-queue-size reached" : strerror(-r));
+                settle(lt, pr, ACCOUNT_FAILED);
+                return false;
+        }
+        pr->lookup = l;
+        return true;
+}
+
+/* Unknown accounts are cached 30 s by the store: ask again after that on a refresh. */
+#define NOT_USER_RECHECK_MS (30 * 1000)
+
+static bool needs_lookup(const struct longterm *lt, const struct presentity *pr, bool refresh) {
+        if (pr->publications || pr->last_activity > 0)
+                return false;
+        if (pr->lookup || pr->account == ACCOUNT_UNCHECKED || pr->account == ACCOUNT_FAILED)
+                return true;
+        if (!refresh)
+                return false;
+        uint64_t age = now_msec() - pr->account_checked;
+        return pr->account == ACCOUNT_USER ? age >= lt->cache_expire_ms
+                                           : age >= MIN(lt->cache_expire_ms, NOT_USER_RECHECK_MS);
+}
+
+static void hold_expired(struct loop_timer *t, void *userdata) {
+        struct subscription *sub = userdata;
+        struct longterm *lt = sub->presence->longterm;
+        if (sub->ended || sub->n_waiting == 0)
+                return;
+        log_info("Subscription %llu of '%s': %zu account lookups still under way after %llums, "
+                 "sending what is known.",
+                 (unsigned long long)sub->id, sub->watcher, sub->n_waiting,
+                 (unsigned long long)lt->max_wait_ms);
+        stats_inc(lt->count_hold_expired);
+        subscription_stop_waiting(sub);
+}
+
+void longterm_watch(struct subscription *sub, bool refresh) {
+        struct longterm *lt = sub->presence->longterm;
+        if (!lt || !lt->enabled || !lt->store)
+                return;
+        /* A guard: answers found in the cache on the way do not release the NOTIFY early. */
+        sub->n_waiting++;
+        for (size_t i = 0; i < sub->n_resources; i++) {
+                struct resource *res = &sub->resources[i];
+                struct presentity *pr = res->presentity;
+                if (!pr || res->waiting || !needs_lookup(lt, pr, refresh))
+                        continue;
+                if (lookup(lt, pr)) {
+                        res->waiting = true;
+                        sub->n_waiting++;
+                }
+        }
+        if (--sub->n_waiting == 0)
+                return;
+        stats_inc(lt->count_held);
+        if (!sub->hold &&
+            loop_timer_new(daemon_loop(sub->presence->daemon), hold_expired, sub, &sub->hold) < 0) {
+                log_oom();
+                subscription_stop_waiting(sub);
+                return;
+        }
+        loop_timer_arm(sub->hold, lt->max_wait_ms);
+}
+
+void longterm_check(struct presentity *pr) {
+        struct longterm *lt = pr->presence->longterm;
+        if (!lt || !lt->enabled || !lt->store || !pr->watchers || !needs_lookup(lt, pr, false))
+                return;
+        (void)lookup(lt, pr);
+}
+
+void longterm_forget(struct presentity *pr) {
+        if (pr->lookup) {
+                pr->lookup->pr = NULL;
+                pr->lookup = NULL;
+        }
+}
