@@ -15,6 +15,10 @@ struct registrar *proxy_registrar(struct proxy *p);
 /* Is host one of reg-domains (or is reg-domains "*")? */
 bool registrar_domain_managed(struct registrar *reg, const char *host);
 struct registrar_store *registrar_get_store(struct registrar *reg);
+/* With db-implementation=redis, the connection settings (valid while reg lives) and the key
+ * prefix of the bindings, for the message store; NULL otherwise. */
+struct redis_config;
+const struct redis_config *registrar_redis_config(struct registrar *reg, const char **prefix);
 
 /* "A device registered": cb(aor, unique_id, userdata) for each device a REGISTER binds or
  * refreshes on aor ("sip:user@host", as registrar_aor_normalize() gives), after its 200 OK.
