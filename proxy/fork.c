@@ -977,12 +977,21 @@ static int key_link(struct fork *f) {
                                           k->aor);
         }
         f->key = k;
-        f->key_prev = k->last;
-        if (k->last)
-                k->last->key_next = f;
+        /* In arrival order: a new fork goes last; a message restored or taken over from
+         * another proxy may be older than some of ours. */
+        struct fork *after = k->last;
+        while (after && after->received_at > f->received_at)
+                after = after->key_prev;
+        f->key_prev = after;
+        f->key_next = after ? after->key_next : k->first;
+        if (f->key_next)
+                f->key_next->key_prev = f;
+        else
+                k->last = f;
+        if (after)
+                after->key_next = f;
         else
                 k->first = f;
-        k->last = f;
         if (f->kind == FORK_MESSAGE) {
                 size_t len = 0;
                 _cleanup_free_ char *text = msg_as_string(NULL, f->request, NULL, 0, &len);

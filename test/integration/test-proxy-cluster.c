@@ -293,6 +293,76 @@ START_TEST(test_cluster_message_taken_over_when_a_dies) {
 }
 END_TEST
 
+/* Messages for bob held by A (the first and third) and B (the second): A dies, B takes its two
+ * over and puts them in arrival order among its own; bob, registering on B, gets the three in
+ * the order alice sent them. */
+START_TEST(test_cluster_takeover_keeps_arrival_order) {
+        tl_redis_start_on(&redis, 0, NULL);
+        const char *router = "[module::Router]\nmessage-store-owner-ttl=2s\n";
+        start_node_with(&a, router);
+        start_node_with(&b, router);
+        wait_store_ready(&a);
+        wait_store_ready(&b);
+        struct tl_ua alice_a, alice_b, bob;
+        tl_ua_open(&alice_a, "alice", NULL, a.port);
+        tl_ua_open(&alice_b, "alice", NULL, b.port);
+        tl_ua_open(&bob, "bob", "urn:uuid:00000000-0000-0000-0000-0000000000e1", b.port);
+        struct tl_ua *via[] = {&alice_a, &alice_b, &alice_a};
+        for (int i = 0; i < 3; i++) {
+                char body[16];
+                snprintf(body, sizeof body, "order-%d", i);
+                int status = 0;
+                for (int k = 0; k < 50; k++) {
+                        status = tl_ua_message(via[i], "bob", NULL, body, NULL, NULL, 0);
+                        if (status != 503)
+                                break;
+                        usleep(100 * 1000);
+                }
+                ck_assert_int_eq(status, 202);
+                usleep(20 * 1000);
+        }
+        ck_assert_uint_eq(pending_on(&a), 2);
+        ck_assert_uint_eq(pending_on(&b), 1);
+        /* The writes are asynchronous: both of A's are in Redis before it dies. */
+        for (int i = 0; i < 50; i++) {
+                _cleanup_free_ char *n = NULL;
+                char cmd[96];
+                snprintf(cmd, sizeof cmd, "SCARD fsm:owned:sip:127.0.0.1:%d;transport=udp",
+                         a.port);
+                n = tl_redis_cmd(&redis, "%s", cmd);
+                if (n && streq(n, "2"))
+                        break;
+                usleep(100 * 1000);
+        }
+        tl_kill(&a.proc, SIGKILL);
+        tl_wait(&a.proc, 5000);
+        a.proc.pid = 0;
+        for (int i = 0; i < 100 && pending_on(&b) < 3; i++)
+                usleep(100 * 1000);
+        ck_assert_uint_eq(pending_on(&b), 3);
+
+        ck_assert_int_eq(register_ua(&bob), 200);
+        for (int i = 0; i < 3; i++) {
+                _cleanup_free_ char *msg = tl_ua_recv_request(&bob, 10000);
+                ck_assert_msg(msg, "message %d not received", i);
+                _cleanup_free_ char *body = tl_sip_body(msg);
+                char want[16];
+                snprintf(want, sizeof want, "order-%d", i);
+                ck_assert_msg(streq(body, want), "got '%s' where '%s' was due", body, want);
+                tl_ua_reply(&bob, msg, 200, false);
+        }
+        _cleanup_free_ char *more = tl_ua_recv_request(&bob, 1000);
+        ck_assert_msg(!more, "bob got more:\n%s", more);
+
+        tl_ua_close(&alice_a);
+        tl_ua_close(&alice_b);
+        tl_ua_close(&bob);
+        tl_proxy_done(&a);
+        tl_proxy_done(&b);
+        tl_redis_stop(&redis);
+}
+END_TEST
+
 /* The proxy refuses to start with conf, saying message. */
 static void expect_refused(struct tl_proxy *p, const char *conf, const char *message) {
         tl_proxy_write_conf(p, conf);
@@ -341,6 +411,7 @@ int main(void) {
         tcase_add_test(tc, test_cluster_calls_go_through_the_node_of_the_callee);
         tcase_add_test(tc, test_cluster_message_held_on_a_reaches_bob_on_b);
         tcase_add_test(tc, test_cluster_message_taken_over_when_a_dies);
+        tcase_add_test(tc, test_cluster_takeover_keeps_arrival_order);
         tcase_add_test(tc, test_cluster_bad_config_refused);
         suite_add_tcase(s, tc);
         return tl_run(s);
