@@ -12,6 +12,8 @@ sipfleet_packages=(
         python3-h2
         # Redis failover tests: real sentinels
         redis-sentinel
+        # three-host failover test: network namespaces and veth links (ip netns)
+        iproute2
 )
 
 sipfleet_install_deps() {
