@@ -1257,6 +1257,47 @@ int fork_restore(struct proxy *p, const struct message_store_entry *e) {
         return 0;
 }
 
+void fork_drop_messages(struct proxy *p, bool (*keep)(int64_t store_id, void *userdata),
+                        void *userdata) {
+        size_t n = 0;
+        for (struct fork *f = p->forks; f; f = f->next)
+                if (f->kind == FORK_MESSAGE && f->store_id && !f->freed && !f->late_expired &&
+                    !keep(f->store_id, userdata))
+                        n++;
+        if (n == 0)
+                return;
+        _cleanup_free_ struct fork **v = calloc(n, sizeof *v);
+        if (!v) {
+                log_oom();
+                return;
+        }
+        n = 0;
+        for (struct fork *f = p->forks; f; f = f->next)
+                if (f->kind == FORK_MESSAGE && f->store_id && !f->freed && !f->late_expired &&
+                    !keep(f->store_id, userdata))
+                        v[n++] = f;
+        /* Each ends like an expired one, but leaves the store alone: it is not ours. */
+        for (size_t i = 0; i < n; i++) {
+                struct fork *f = v[i];
+                log_set_sip_context(&f->origin.log_ctx);
+                log_notice("Message for '%s' is held by another proxy now: no longer delivered "
+                           "from here.", f->aor);
+                f->busy++;
+                f->late_expired = true;
+                f->store_id = 0;
+                for (struct fork_branch *b = f->branches; b; b = b->next)
+                        if (b->queued) {
+                                b->queued = false;
+                                b->done = true;
+                                b->status = 408;
+                        }
+                cancel_pending(f, NULL);
+                f->busy--;
+                fork_check(f);
+        }
+        log_set_sip_context(NULL);
+}
+
 struct json_t *fork_pending_messages(struct proxy *p, const char *aor) {
         json_t *a = json_array();
         struct fork_index *ix = p->fork_index;

@@ -15,6 +15,9 @@
  *   <p>node:<node>      string with TTL owner_ttl_ms: the node's lease, refreshed every third
  *                       of the TTL while the node runs
  *   <p>nodes            set of the node names that own (or owned) messages
+ *   <p>taken:<node>     set of the old keys of the messages taken over from <node> (for a
+ *                       node that was cut off but kept running); 7-day TTL, read and deleted
+ *                       by <node> when it notices its lease had expired, deleted at its start
  *
  * Ownership. Only the owner of a message delivers it. At its first connection a proxy takes
  * its lease and restores the messages of <p>owned:<node> (its own, kept from before a restart or
@@ -23,8 +26,10 @@
  * message is renamed to <p>msg:<claimer>:<new id> (the same hash with the delivery state, and
  * the same TTL), moved to the claimer's owned set, and restored there as a fork whose delivered
  * devices are already done: no device gets it twice. A node whose lease expired (it lost Redis
- * for longer than the TTL) may have lost its messages to another node; its writes to a
- * renamed message find no key and do nothing; that event is logged.
+ * for longer than the TTL) may have lost its messages to another node: it notices at its next
+ * lease refresh (the lease held another value, or none) and reads <p>taken:<node>, where the
+ * claim script left the old keys of what it took; the forks of those end there
+ * (message_store_lost_fn). Its writes to a renamed message find no key and do nothing.
  *
  * Writes are asynchronous: add, delivered and remove send one script each and return; a
  * failure is logged and counted in n_errors. While the connection is down they fail at once
@@ -66,10 +71,12 @@ static const char remove_script[] =
         "redis.call('SREM', KEYS[2], KEYS[1])\n"
         "return redis.call('DEL', KEYS[1])\n";
 
-/* KEYS: owned set, lease, nodes set. ARGV: lease token, TTL ms, node. Takes the lease and
- * returns {key, {HGETALL}} for each message the node owns (forgetting the expired ones). */
+/* KEYS: owned set, lease, nodes set, taken set. ARGV: lease token, TTL ms, node. Takes the
+ * lease and returns {key, {HGETALL}} for each message the node owns (forgetting the expired
+ * ones). A node starting holds nothing: what was taken from it before does not matter. */
 static const char load_script[] =
         "redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])\n"
+        "redis.call('DEL', KEYS[4])\n"
         "local out = {}\n"
         "for _, k in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
         "  if redis.call('EXISTS', k) == 1 then\n"
@@ -79,6 +86,12 @@ static const char load_script[] =
         "  end\n"
         "end\n"
         "return out\n";
+
+/* KEYS: the taken set. The keys of the messages other nodes took from this one, forgotten. */
+static const char taken_script[] =
+        "local t = redis.call('SMEMBERS', KEYS[1])\n"
+        "redis.call('DEL', KEYS[1])\n"
+        "return t\n";
 
 /* ARGV: prefix, node, first new id, max. Moves to node the messages of the nodes whose lease
  * is gone (only while node holds its own lease), as load_script returns them. */
@@ -98,6 +111,8 @@ static const char claim_script[] =
         "        local nk = p .. 'msg:' .. me .. ':' .. string.format('%.0f', id)\n"
         "        id = id + 1\n"
         "        redis.call('RENAME', k, nk)\n"
+        "        redis.call('SADD', p .. 'taken:' .. node, k)\n"
+        "        redis.call('PEXPIRE', p .. 'taken:' .. node, 604800000)\n"
         "        redis.call('HSET', nk, 'owner', me)\n"
         "        redis.call('SADD', mine, nk)\n"
         "        out[#out + 1] = {nk, redis.call('HGETALL', nk)}\n"
@@ -119,7 +134,7 @@ struct redis_msg_store {
         struct loop *loop;
         struct redis *redis;
         char *prefix, *node;
-        char *owned_key, *lease_key, *nodes_key;
+        char *owned_key, *lease_key, *nodes_key, *taken_key;
         uint64_t ttl_ms;
         char token[33]; /* the lease's value: ours, for this run */
         int64_t last_id;
@@ -128,7 +143,7 @@ struct redis_msg_store {
         bool busy;     /* a load or claim in flight */
         bool had_lease;
         bool closing;
-        struct script add, delivered, remove, load, claim;
+        struct script add, delivered, remove, load, claim, taken;
 };
 
 typedef void (*eval_fn)(struct redis_msg_store *st, redisReply *reply, int error,
@@ -467,6 +482,42 @@ static void on_claimed(struct redis_msg_store *st, redisReply *reply, int error,
                 loop_timer_arm(st->tick, 0); /* there may be more */
 }
 
+static int by_id(const void *a, const void *b) {
+        int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+        return x < y ? -1 : x > y;
+}
+
+/* After a lost lease: the messages taken from us (the lease is ours again, so no more go). */
+static void on_taken(struct redis_msg_store *st, redisReply *reply, int error, const char *what) {
+        int k = reply_error(reply, error);
+        if (k >= 0 && reply->type != REDIS_REPLY_ARRAY)
+                k = -EBADMSG;
+        if (k < 0) {
+                write_failed(st, what, k);
+                return;
+        }
+        _cleanup_free_ int64_t *taken = calloc(reply->elements + 1, sizeof *taken);
+        if (!taken) {
+                log_oom();
+                return;
+        }
+        size_t n = 0;
+        for (size_t i = 0; i < reply->elements; i++) {
+                const redisReply *m = reply->element[i];
+                const char *colon = m->type == REDIS_REPLY_STRING ? strrchr(m->str, ':') : NULL;
+                if (colon)
+                        taken[n++] = strtoll(colon + 1, NULL, 10);
+        }
+        if (n == 0)
+                return;
+        log_warning("Message store (Redis): %zu pending message(s) of node '%s' were taken over "
+                    "by other proxies while it was cut off.",
+                    n, st->node);
+        qsort(taken, n, sizeof *taken, by_id);
+        if (st->base.lost)
+                st->base.lost(taken, n, st->base.userdata);
+}
+
 static void on_lease(struct redis *r, redisReply *reply, int error, void *userdata) {
         struct redis_msg_store *st = userdata;
         if (st->closing)
@@ -485,6 +536,11 @@ static void on_lease(struct redis *r, redisReply *reply, int error, void *userda
                             "unreachable for longer than the owner TTL?): another proxy may "
                             "have taken over some of its pending messages.",
                             st->node);
+                const char *args[] = {"1", st->taken_key};
+                const char *what = "listing the messages taken over by others";
+                k = run_script(st, &st->taken, on_taken, what, ELEMENTSOF(args), args, NULL);
+                if (k < 0)
+                        write_failed(st, what, k);
         }
         st->had_lease = true;
 }
@@ -492,8 +548,8 @@ static void on_lease(struct redis *r, redisReply *reply, int error, void *userda
 static void send_load(struct redis_msg_store *st) {
         char ttl[24];
         snprintf(ttl, sizeof ttl, "%" PRIu64, st->ttl_ms);
-        const char *args[] = {"3", st->owned_key, st->lease_key, st->nodes_key, st->token, ttl,
-                              st->node};
+        const char *args[] = {"4",       st->owned_key, st->lease_key, st->nodes_key,
+                              st->taken_key, st->token,   ttl,           st->node};
         int k = run_script(st, &st->load, on_loaded, "restoring the pending messages",
                            ELEMENTSOF(args), args, NULL);
         if (k >= 0)
@@ -562,6 +618,7 @@ static void redis_store_free(struct message_store *s) {
         free(st->owned_key);
         free(st->lease_key);
         free(st->nodes_key);
+        free(st->taken_key);
         free(st);
 }
 
@@ -602,6 +659,7 @@ int message_store_redis_new(struct loop *l, const struct message_store_redis_con
         script_init(&st->remove, remove_script);
         script_init(&st->load, load_script);
         script_init(&st->claim, claim_script);
+        script_init(&st->taken, taken_script);
         uint8_t b[16];
         int r = -ENOMEM;
         if (getrandom(b, sizeof b, 0) != sizeof b) {
@@ -617,7 +675,8 @@ int message_store_redis_new(struct loop *l, const struct message_store_redis_con
         st->owned_key = key_of(st, "owned:", st->node);
         st->lease_key = key_of(st, "node:", st->node);
         st->nodes_key = key_of(st, "nodes", "");
-        if (!st->owned_key || !st->lease_key || !st->nodes_key)
+        st->taken_key = key_of(st, "taken:", st->node);
+        if (!st->owned_key || !st->lease_key || !st->nodes_key || !st->taken_key)
                 goto fail;
         r = loop_timer_new(l, on_tick, st, &st->tick);
         if (r < 0)
@@ -637,6 +696,7 @@ fail:
         free(st->owned_key);
         free(st->lease_key);
         free(st->nodes_key);
+        free(st->taken_key);
         free(st);
         return r;
 }

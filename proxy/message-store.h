@@ -38,6 +38,10 @@ struct message_store_entry {
 typedef void (*message_store_each_fn)(const struct message_store_entry *e, void *userdata);
 /* The end of a batch: result = messages handed over, or -errno when the batch failed. */
 typedef void (*message_store_done_fn)(int result, void *userdata);
+/* Redis: this proxy's lease had expired (it was cut off from Redis for longer than the TTL),
+ * and other proxies took over these messages (ids, sorted): the holder drops its copies
+ * (fork_drop_messages). */
+typedef void (*message_store_lost_fn)(const int64_t *taken, size_t n, void *userdata);
 
 struct message_store_ops {
         const char *name;
@@ -56,6 +60,7 @@ struct message_store {
         const struct message_store_ops *ops;
         message_store_each_fn each;
         message_store_done_fn done;
+        message_store_lost_fn lost; /* optional, set before message_store_start() */
         void *userdata;
         uint64_t n_errors; /* writes and loads that failed */
 };

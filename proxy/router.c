@@ -311,6 +311,28 @@ static void on_restore_done(int result, void *userdata) {
         rt->restored_aors = NULL;
 }
 
+static int id_compare(const void *a, const void *b) {
+        int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+        return x < y ? -1 : x > y;
+}
+
+struct kept_ids {
+        const int64_t *ids;
+        size_t n;
+};
+
+static bool id_kept(int64_t id, void *userdata) {
+        const struct kept_ids *taken = userdata;
+        return !bsearch(&id, taken->ids, taken->n, sizeof id, id_compare);
+}
+
+/* Other proxies took over some of our messages while we were cut off from Redis. */
+static void on_store_lost(const int64_t *taken, size_t n, void *userdata) {
+        struct router *rt = userdata;
+        struct kept_ids k = {taken, n};
+        fork_drop_messages(rt->module->proxy, id_kept, &k);
+}
+
 static bool starts_with(const char *s, const char *prefix) {
         return strncmp(s, prefix, strlen(prefix)) == 0;
 }
@@ -350,6 +372,7 @@ static int message_store_redis_start(struct router *rt, const struct redis_confi
                 return log_error_errno(r, "Failed to set up the Redis message store: %m");
         log_info("Pending messages are kept in Redis, node '%s'.", node);
         rt->store_where = "Redis";
+        p->message_store->lost = on_store_lost;
         return message_store_start(p->message_store, on_stored_message, on_restore_done, rt);
 }
 

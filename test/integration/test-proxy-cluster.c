@@ -363,6 +363,65 @@ START_TEST(test_cluster_takeover_keeps_arrival_order) {
 }
 END_TEST
 
+/* A holds a message for bob and is cut off (SIGSTOP) for longer than the owner TTL: B takes the
+ * message over. When A comes back, it learns that its lease had expired and drops its copy;
+ * bob, registering afterwards, gets the message once (from B), not from both. */
+START_TEST(test_cluster_cut_off_holder_drops_taken_messages) {
+        tl_redis_start_on(&redis, 0, NULL);
+        const char *router = "[module::Router]\nmessage-store-owner-ttl=2s\n";
+        start_node_with(&a, router);
+        start_node_with(&b, router);
+        wait_store_ready(&a);
+        wait_store_ready(&b);
+        struct tl_ua alice, bob;
+        tl_ua_open(&alice, "alice", NULL, a.port);
+        tl_ua_open(&bob, "bob", "urn:uuid:00000000-0000-0000-0000-0000000000f1", b.port);
+        int status = 0;
+        for (int k = 0; k < 50; k++) {
+                status = tl_ua_message(&alice, "bob", NULL, "cut-off", NULL, NULL, 0);
+                if (status != 503)
+                        break;
+                usleep(100 * 1000);
+        }
+        ck_assert_int_eq(status, 202);
+        char owned[96];
+        snprintf(owned, sizeof owned, "SCARD fsm:owned:sip:127.0.0.1:%d;transport=udp", a.port);
+        for (int i = 0; i < 50; i++) {
+                _cleanup_free_ char *n = tl_redis_cmd(&redis, "%s", owned);
+                if (n && streq(n, "1"))
+                        break;
+                usleep(100 * 1000);
+        }
+
+        tl_kill(&a.proc, SIGSTOP);
+        for (int i = 0; i < 100 && pending_on(&b) == 0; i++)
+                usleep(100 * 1000);
+        ck_assert_uint_eq(pending_on(&b), 1);
+        tl_kill(&a.proc, SIGCONT);
+        for (int i = 0; i < 50 && pending_on(&a) > 0; i++)
+                usleep(100 * 1000);
+        ck_assert_uint_eq(pending_on(&a), 0);
+        _cleanup_free_ char *log = tl_log(&a.proc);
+        ck_assert_msg(strstr(log, "is held by another proxy now"), "A did not drop its copy");
+        ck_assert_int_ge(tl_counter(a.sock, "module::Router/message-store-errors"), 1);
+
+        ck_assert_int_eq(register_ua(&bob), 200);
+        _cleanup_free_ char *msg = tl_ua_recv_request(&bob, 10000);
+        ck_assert_msg(msg, "bob did not get the message");
+        _cleanup_free_ char *body = tl_sip_body(msg);
+        ck_assert_str_eq(body, "cut-off");
+        tl_ua_reply(&bob, msg, 200, false);
+        _cleanup_free_ char *again = tl_ua_recv_request(&bob, 1500);
+        ck_assert_msg(!again, "bob got it twice:\n%s", again);
+
+        tl_ua_close(&alice);
+        tl_ua_close(&bob);
+        tl_proxy_done(&a);
+        tl_proxy_done(&b);
+        tl_redis_stop(&redis);
+}
+END_TEST
+
 /* The proxy refuses to start with conf, saying message. */
 static void expect_refused(struct tl_proxy *p, const char *conf, const char *message) {
         tl_proxy_write_conf(p, conf);
@@ -412,6 +471,7 @@ int main(void) {
         tcase_add_test(tc, test_cluster_message_held_on_a_reaches_bob_on_b);
         tcase_add_test(tc, test_cluster_message_taken_over_when_a_dies);
         tcase_add_test(tc, test_cluster_takeover_keeps_arrival_order);
+        tcase_add_test(tc, test_cluster_cut_off_holder_drops_taken_messages);
         tcase_add_test(tc, test_cluster_bad_config_refused);
         suite_add_tcase(s, tc);
         return tl_run(s);
