@@ -527,22 +527,31 @@ static void on_lease(struct redis *r, redisReply *reply, int error, void *userda
                 write_failed(st, "refreshing the lease", k);
                 return;
         }
-        /* SET ... GET: the value before. Not ours: the lease had expired, and another proxy
-         * may have taken over messages we still hold. */
+        /* SET ... GET: the value before. Another token: another live process refreshes the
+         * same lease. None: the lease had expired, and another proxy may have taken over
+         * messages we still hold. */
         bool ours = reply->type == REDIS_REPLY_STRING && streq(reply->str, st->token);
-        if (!ours && st->had_lease) {
-                st->base.n_errors++;
-                log_warning("Message store (Redis): the lease of node '%s' had expired (Redis "
-                            "unreachable for longer than the owner TTL?): another proxy may "
-                            "have taken over some of its pending messages.",
-                            st->node);
-                const char *args[] = {"1", st->taken_key};
-                const char *what = "listing the messages taken over by others";
-                k = run_script(st, &st->taken, on_taken, what, ELEMENTSOF(args), args, NULL);
-                if (k < 0)
-                        write_failed(st, what, k);
+        if (ours || !st->had_lease) {
+                st->had_lease = true;
+                return;
         }
-        st->had_lease = true;
+        st->base.n_errors++;
+        if (reply->type == REDIS_REPLY_STRING) {
+                log_warning("Message store (Redis): another proxy uses the node name '%s': "
+                            "[module::Router] message-store-node must be unique in the "
+                            "cluster, or both deliver the same messages.",
+                            st->node);
+                return;
+        }
+        log_warning("Message store (Redis): the lease of node '%s' had expired (Redis "
+                    "unreachable for longer than the owner TTL?): another proxy may have taken "
+                    "over some of its pending messages.",
+                    st->node);
+        const char *args[] = {"1", st->taken_key};
+        const char *what = "listing the messages taken over by others";
+        k = run_script(st, &st->taken, on_taken, what, ELEMENTSOF(args), args, NULL);
+        if (k < 0)
+                write_failed(st, what, k);
 }
 
 static void send_load(struct redis_msg_store *st) {

@@ -422,6 +422,34 @@ START_TEST(test_cluster_cut_off_holder_drops_taken_messages) {
 }
 END_TEST
 
+/* Two proxies given the same message-store-node: each finds the other's token in the lease
+ * and says so (and counts it). */
+START_TEST(test_cluster_duplicate_node_name_is_reported) {
+        tl_redis_start_on(&redis, 0, NULL);
+        const char *router = "[module::Router]\nmessage-store-owner-ttl=2s\n"
+                             "message-store-node=twin\n";
+        start_node_with(&a, router);
+        start_node_with(&b, router);
+        wait_store_ready(&a);
+        wait_store_ready(&b);
+        bool reported = false;
+        for (int i = 0; i < 50 && !reported; i++) {
+                _cleanup_free_ char *la = tl_log(&a.proc), *lb = tl_log(&b.proc);
+                reported = strstr(la, "another proxy uses the node name 'twin'") ||
+                           strstr(lb, "another proxy uses the node name 'twin'");
+                if (!reported)
+                        usleep(100 * 1000);
+        }
+        ck_assert_msg(reported, "the duplicate node name was not reported");
+        ck_assert_int_ge(tl_counter(a.sock, "module::Router/message-store-errors") +
+                                 tl_counter(b.sock, "module::Router/message-store-errors"),
+                         1);
+        tl_proxy_done(&a);
+        tl_proxy_done(&b);
+        tl_redis_stop(&redis);
+}
+END_TEST
+
 /* The proxy refuses to start with conf, saying message. */
 static void expect_refused(struct tl_proxy *p, const char *conf, const char *message) {
         tl_proxy_write_conf(p, conf);
@@ -472,6 +500,7 @@ int main(void) {
         tcase_add_test(tc, test_cluster_message_taken_over_when_a_dies);
         tcase_add_test(tc, test_cluster_takeover_keeps_arrival_order);
         tcase_add_test(tc, test_cluster_cut_off_holder_drops_taken_messages);
+        tcase_add_test(tc, test_cluster_duplicate_node_name_is_reported);
         tcase_add_test(tc, test_cluster_bad_config_refused);
         suite_add_tcase(s, tc);
         return tl_run(s);
