@@ -515,7 +515,7 @@ static void on_taken(struct redis_msg_store *st, redisReply *reply, int error, c
                     n, st->node);
         qsort(taken, n, sizeof *taken, by_id);
         if (st->base.lost)
-                st->base.lost(taken, n, st->base.userdata);
+                st->base.lost(taken, n, st->base.lost_userdata);
 }
 
 static void on_lease(struct redis *r, redisReply *reply, int error, void *userdata) {

@@ -60,8 +60,9 @@ struct message_store {
         const struct message_store_ops *ops;
         message_store_each_fn each;
         message_store_done_fn done;
-        message_store_lost_fn lost; /* optional, set before message_store_start() */
         void *userdata;
+        message_store_lost_fn lost; /* optional */
+        void *lost_userdata;
         uint64_t n_errors; /* writes and loads that failed */
 };
 
@@ -78,6 +79,15 @@ struct message_store_redis_config {
 /* Connects in the background; nothing is restored before it is connected. */
 int message_store_redis_new(struct loop *l, const struct message_store_redis_config *cfg,
                             struct message_store **ret);
+/* The Redis store of proxy p, from the settings of [module::Router]: node ("" or NULL: the
+ * [cluster] internal-transport when the cluster is enabled, else the host name), prefix (must
+ * not overlap registrar_prefix), owner_ttl_ms (1 s at least). Messages taken over from this
+ * proxy while it was cut off are dropped from its forks (fork_drop_messages). Logs what is
+ * wrong. */
+struct proxy;
+int message_store_redis_open(struct proxy *p, const struct redis_config *rc,
+                             const char *registrar_prefix, const char *node, const char *prefix,
+                             uint64_t owner_ttl_ms, struct message_store **ret);
 
 /* Sets the restore callbacks and starts (SQLite: the restore runs now). */
 int message_store_start(struct message_store *s, message_store_each_fn each,

@@ -9,7 +9,6 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
-#include <unistd.h>
 
 #include "ctl.h"
 #include "daemon.h"
@@ -311,68 +310,16 @@ static void on_restore_done(int result, void *userdata) {
         rt->restored_aors = NULL;
 }
 
-static int id_compare(const void *a, const void *b) {
-        int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-        return x < y ? -1 : x > y;
-}
-
-struct kept_ids {
-        const int64_t *ids;
-        size_t n;
-};
-
-static bool id_kept(int64_t id, void *userdata) {
-        const struct kept_ids *taken = userdata;
-        return !bsearch(&id, taken->ids, taken->n, sizeof id, id_compare);
-}
-
-/* Other proxies took over some of our messages while we were cut off from Redis. */
-static void on_store_lost(const int64_t *taken, size_t n, void *userdata) {
-        struct router *rt = userdata;
-        struct kept_ids k = {taken, n};
-        fork_drop_messages(rt->module->proxy, id_kept, &k);
-}
-
-static bool starts_with(const char *s, const char *prefix) {
-        return strncmp(s, prefix, strlen(prefix)) == 0;
-}
-
 /* With the Redis registrar: the pending messages in Redis too. */
 static int message_store_redis_start(struct router *rt, const struct redis_config *rc,
                                      const char *registrar_prefix) {
         struct proxy *p = rt->module->proxy;
-        char host[256] = "";
-        const char *node = rt->message_store_node;
-        if (isempty(node) && p->cluster.enabled && !isempty(p->cluster.internal_transport))
-                node = p->cluster.internal_transport;
-        if (isempty(node)) {
-                if (gethostname(host, sizeof host - 1) < 0 || !host[0])
-                        return log_error_errno(EINVAL, "[module::Router] message-store-node is "
-                                                       "empty and the host name is unknown.");
-                node = host;
-        }
-        const char *prefix = rt->message_redis_prefix ? rt->message_redis_prefix : "";
-        if (isempty(prefix) || starts_with(prefix, registrar_prefix) ||
-            starts_with(registrar_prefix, prefix))
-                return log_error_errno(EINVAL, "[module::Router] message-redis-key-prefix '%s' "
-                                               "must not be empty and must not overlap the "
-                                               "registrar's redis-key-prefix '%s'.",
-                                       prefix, registrar_prefix);
-        if (rt->message_owner_ttl_ms < 1000)
-                return log_error_errno(EINVAL, "[module::Router] message-store-owner-ttl must "
-                                               "be at least 1s.");
-        const struct message_store_redis_config cfg = {
-                .redis = rc,
-                .key_prefix = prefix,
-                .node = node,
-                .owner_ttl_ms = rt->message_owner_ttl_ms,
-        };
-        int r = message_store_redis_new(daemon_loop(p->daemon), &cfg, &p->message_store);
+        int r = message_store_redis_open(p, rc, registrar_prefix, rt->message_store_node,
+                                         rt->message_redis_prefix, rt->message_owner_ttl_ms,
+                                         &p->message_store);
         if (r < 0)
-                return log_error_errno(r, "Failed to set up the Redis message store: %m");
-        log_info("Pending messages are kept in Redis, node '%s'.", node);
+                return r;
         rt->store_where = "Redis";
-        p->message_store->lost = on_store_lost;
         return message_store_start(p->message_store, on_stored_message, on_restore_done, rt);
 }
 
