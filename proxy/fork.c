@@ -1077,12 +1077,21 @@ static int key_link(struct fork *f) {
                                           k->aor);
         }
         f->key = k;
-        f->key_prev = k->last;
-        if (k->last)
-                k->last->key_next = f;
+        /* In arrival order: a new fork goes last; a message restored or taken over from
+         * another proxy may be older than some of ours. */
+        struct fork *after = k->last;
+        while (after && after->received_at > f->received_at)
+                after = after->key_prev;
+        f->key_prev = after;
+        f->key_next = after ? after->key_next : k->first;
+        if (f->key_next)
+                f->key_next->key_prev = f;
+        else
+                k->last = f;
+        if (after)
+                after->key_next = f;
         else
                 k->first = f;
-        k->last = f;
         if (f->kind == FORK_MESSAGE) {
                 size_t len = 0;
                 _cleanup_free_ char *text = msg_as_string(NULL, f->request, NULL, 0, &len);
@@ -1351,6 +1360,47 @@ int fork_restore(struct proxy *p, const struct message_store_entry *e) {
         fork_link(f);
         late_start(f);
         return 0;
+}
+
+void fork_drop_messages(struct proxy *p, bool (*keep)(int64_t store_id, void *userdata),
+                        void *userdata) {
+        size_t n = 0;
+        for (struct fork *f = p->forks; f; f = f->next)
+                if (f->kind == FORK_MESSAGE && f->store_id && !f->freed && !f->late_expired &&
+                    !keep(f->store_id, userdata))
+                        n++;
+        if (n == 0)
+                return;
+        _cleanup_free_ struct fork **v = calloc(n, sizeof *v);
+        if (!v) {
+                log_oom();
+                return;
+        }
+        n = 0;
+        for (struct fork *f = p->forks; f; f = f->next)
+                if (f->kind == FORK_MESSAGE && f->store_id && !f->freed && !f->late_expired &&
+                    !keep(f->store_id, userdata))
+                        v[n++] = f;
+        /* Each ends like an expired one, but leaves the store alone: it is not ours. */
+        for (size_t i = 0; i < n; i++) {
+                struct fork *f = v[i];
+                log_set_sip_context(&f->origin.log_ctx);
+                log_notice("Message for '%s' is held by another proxy now: no longer delivered "
+                           "from here.", f->aor);
+                f->busy++;
+                f->late_expired = true;
+                f->store_id = 0;
+                for (struct fork_branch *b = f->branches; b; b = b->next)
+                        if (b->queued) {
+                                b->queued = false;
+                                b->done = true;
+                                b->status = 408;
+                        }
+                cancel_pending(f, NULL);
+                f->busy--;
+                fork_check(f);
+        }
+        log_set_sip_context(NULL);
 }
 
 struct json_t *fork_pending_messages(struct proxy *p, const char *aor) {

@@ -131,6 +131,11 @@ void fork_cancel(struct fork *f, const sip_reason_t *reason);
 void fork_late_on_register(struct proxy *p, const struct registrar_record *rec);
 /* A pending message from the store, at start-up (oldest first). Returns the AOR's key. */
 int fork_restore(struct proxy *p, const struct message_store_entry *e);
+/* The store lost some messages to another proxy (they were taken over while this one was cut
+ * off): the stored-message forks whose store id keep() refuses end here, without touching the
+ * store; branches already sent finish. */
+void fork_drop_messages(struct proxy *p, bool (*keep)(int64_t store_id, void *userdata),
+                        void *userdata);
 /* Pending messages (of aor, or all when NULL) as a JSON array, for MESSAGES_PENDING. */
 struct json_t *fork_pending_messages(struct proxy *p, const char *aor);
 unsigned fork_n_pending_messages(struct proxy *p);

@@ -40,6 +40,7 @@ struct registrar {
         char *redis_master_name;
         uint64_t redis_replica_check_ms;
         bool redis_use_replicas;
+        struct redis_config redis_cfg; /* of db-implementation=redis, once open */
 
         struct module *module;
         struct registrar_store *store;
@@ -648,7 +649,7 @@ static int registrar_store_open(struct registrar *reg, struct loop *l) {
         _cleanup_free_ char *path = NULL;
         int r;
         if (reg->db_implementation == DB_REDIS) {
-                const struct registrar_redis_config cfg = {
+                struct registrar_redis_config cfg = {
                         .redis = {
                                 .host = reg->redis_host,
                                 .port = (uint16_t)reg->redis_port,
@@ -691,6 +692,7 @@ static int registrar_store_open(struct registrar *reg, struct loop *l) {
                     reg->redis_wait_timeout_ms >= reg->redis_command_timeout_ms)
                         return log_error_errno(EINVAL, "[module::Registrar] redis-wait-timeout "
                                                        "must be below redis-command-timeout.");
+                reg->redis_cfg = cfg.redis; /* for the message store */
                 r = registrar_store_redis_new(l, &cfg, &reg->store);
                 if (r < 0)
                         return log_error_errno(r, "Failed to set up the Redis registrar store: %m");
@@ -773,6 +775,14 @@ static int registrar_init(struct module *m) {
         p->registrar = reg;
         log_info("Registrar ready (store %s).", reg->store->ops->name);
         return 0;
+}
+
+const struct redis_config *registrar_redis_config(struct registrar *reg, const char **prefix) {
+        if (reg->db_implementation != DB_REDIS)
+                return NULL;
+        if (prefix)
+                *prefix = reg->redis_prefix ? reg->redis_prefix : "fs:";
+        return &reg->redis_cfg;
 }
 
 struct registrar *proxy_registrar(struct proxy *p) {

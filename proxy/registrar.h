@@ -18,6 +18,10 @@ struct registrar_store *registrar_get_store(struct registrar *reg);
 /* The instance (urn:...) of a device whose unique id came from +sip.instance, to make or
  * match a GRUU (";gr=<instance>"); NULL (not malloc'd) when the id is not an URN. */
 char *registrar_gruu_instance(const char *unique_id);
+/* With db-implementation=redis, the connection settings (valid while reg lives) and the key
+ * prefix of the bindings, for the message store; NULL otherwise. */
+struct redis_config;
+const struct redis_config *registrar_redis_config(struct registrar *reg, const char **prefix);
 
 /* "A device registered": cb(aor, unique_id, userdata) for each device a REGISTER binds or
  * refreshes on aor ("sip:user@host", as registrar_aor_normalize() gives), after its 200 OK.

@@ -25,12 +25,17 @@ struct router {
         char **static_targets;
         char *fallback_route;
         char *message_database_path;
+        char *message_store_node, *message_redis_prefix;
+        uint64_t message_owner_ttl_ms;
 
         struct module *module;
         struct stats_counter *count_forks;
         struct stats_counter *count_not_found, *count_unavailable;
         struct stats_counter *count_stored, *count_refused;
         unsigned restoring; /* fetches of restored AORs in flight */
+        char **restored_aors; /* of the restore batch in progress */
+        unsigned restored, broken;
+        const char *store_where; /* for the log */
 };
 
 #define R(field) offsetof(struct router, field)
@@ -74,6 +79,20 @@ static const struct conf_option router_rows[] = {
          0, 0,
          "SQLite file keeping pending MESSAGEs across restarts; empty = "
          "$STATE_DIRECTORY/messages.db, else they are kept in memory only with a warning"},
+        {"module::Router", "message-store-node", CONF_STRING, R(message_store_node), NULL, 0, 0,
+         0,
+         "With the Redis registrar, pending MESSAGEs are kept in Redis, each owned by one "
+         "proxy: this proxy's name there, unique in the cluster and the same across restarts; "
+         "empty = [cluster] internal-transport when the cluster is enabled, else the host name"},
+        {"module::Router", "message-store-owner-ttl", CONF_DURATION, R(message_owner_ttl_ms),
+         "30s", 0, 0, 0,
+         "With the Redis registrar: a proxy not heard of for this long is gone, and the others "
+         "take over its pending MESSAGEs",
+         .unit = CONF_UNIT_S},
+        {"module::Router", "message-redis-key-prefix", CONF_STRING, R(message_redis_prefix),
+         "fsm:", 0, 0, 0,
+         "With the Redis registrar: prefix of the keys of pending MESSAGEs; it must not start "
+         "with the registrar's redis-key-prefix, nor the other way round"},
         {"module::Router", "max-pending-messages-per-aor", CONF_INT,
          R(fork.max_pending_messages_per_aor), "1000", 1, 1000000, 0,
          "Stored MESSAGEs waiting for one address at most; more are refused with 486 and a "
@@ -373,15 +392,9 @@ static void on_restore_fetched(int error, struct registrar_record *rec, void *us
         fork_late_on_register(rt->module->proxy, record);
 }
 
-struct restore_ctx {
-        struct router *rt;
-        char **aors;
-        unsigned restored, broken;
-};
-
 static void on_stored_message(const struct message_store_entry *e, void *userdata) {
-        struct restore_ctx *c = userdata;
-        struct proxy *p = c->rt->module->proxy;
+        struct router *c = userdata;
+        struct proxy *p = c->module->proxy;
         int r = fork_restore(p, e);
         if (r < 0) {
                 log_warning_errno(r, "Stored message %" PRId64 " for '%s' cannot be restored, "
@@ -391,14 +404,51 @@ static void on_stored_message(const struct message_store_entry *e, void *userdat
                 return;
         }
         c->restored++;
-        if (!strv_contains(c->aors, e->aor) && strv_extend(&c->aors, e->aor) < 0)
+        if (!strv_contains(c->restored_aors, e->aor) && strv_extend(&c->restored_aors, e->aor) < 0)
                 log_oom();
 }
 
-static int message_store_start(struct router *rt) {
+/* The end of a restore batch (at the start, or messages taken over from a dead node). */
+static void on_restore_done(int result, void *userdata) {
+        struct router *rt = userdata;
+        struct proxy *p = rt->module->proxy;
+        if (rt->restored || rt->broken)
+                log_notice("%u pending message(s) restored from %s (%u unreadable, dropped).",
+                           rt->restored, rt->store_where, rt->broken);
+        rt->restored = rt->broken = 0;
+        /* Devices already registered get them now. */
+        struct registrar *reg = proxy_registrar(p);
+        struct registrar_store *store = reg ? registrar_get_store(reg) : NULL;
+        STRV_FOREACH(a, rt->restored_aors)
+                if (store && store->ops->fetch(store, *a, on_restore_fetched, rt) >= 0)
+                        rt->restoring++;
+        strv_free(rt->restored_aors);
+        rt->restored_aors = NULL;
+}
+
+/* With the Redis registrar: the pending messages in Redis too. */
+static int message_store_redis_start(struct router *rt, const struct redis_config *rc,
+                                     const char *registrar_prefix) {
+        struct proxy *p = rt->module->proxy;
+        int r = message_store_redis_open(p, rc, registrar_prefix, rt->message_store_node,
+                                         rt->message_redis_prefix, rt->message_owner_ttl_ms,
+                                         &p->message_store);
+        if (r < 0)
+                return r;
+        rt->store_where = "Redis";
+        return message_store_start(p->message_store, on_stored_message, on_restore_done, rt);
+}
+
+static int router_store_start(struct router *rt) {
         struct proxy *p = rt->module->proxy;
         _cleanup_free_ char *path = NULL;
         const char *state = getenv("STATE_DIRECTORY");
+        struct registrar *reg = proxy_registrar(p);
+        const char *registrar_prefix = NULL;
+        const struct redis_config *rc = reg ? registrar_redis_config(reg, &registrar_prefix)
+                                            : NULL;
+        if (rc)
+                return message_store_redis_start(rt, rc, registrar_prefix);
         if (!isempty(rt->message_database_path))
                 path = strdup(rt->message_database_path);
         else if (!isempty(state) &&
@@ -413,27 +463,12 @@ static int message_store_start(struct router *rt) {
                                     "memory only.");
                 return 0;
         }
-        int r = message_store_open(path, &p->message_store);
+        int r = message_store_sqlite_open(path, &p->message_store);
         if (r < 0)
                 return log_error_errno(r, "Failed to open the message database '%s': %m", path);
-
-        struct restore_ctx c = {.rt = rt};
-        r = message_store_load(p->message_store, on_stored_message, &c);
-        if (r < 0) {
-                strv_free(c.aors);
-                return log_error_errno(r, "Failed to read the message database '%s': %m", path);
-        }
-        if (c.restored || c.broken)
-                log_notice("%u pending message(s) restored from '%s' (%u unreadable, dropped).",
-                           c.restored, path, c.broken);
-        /* Devices already registered get them now. */
-        struct registrar *reg = proxy_registrar(p);
-        struct registrar_store *store = reg ? registrar_get_store(reg) : NULL;
-        STRV_FOREACH(a, c.aors)
-                if (store && store->ops->fetch(store, *a, on_restore_fetched, rt) >= 0)
-                        rt->restoring++;
-        strv_free(c.aors);
-        return 0;
+        rt->store_where = "the message database";
+        /* The restore runs within (SQLite is read synchronously). */
+        return message_store_start(p->message_store, on_stored_message, on_restore_done, rt);
 }
 
 static int cli_pending(struct ctl_request *req, int argc, char **argv, void *userdata) {
@@ -455,6 +490,18 @@ static int cli_pending(struct ctl_request *req, int argc, char **argv, void *use
 static uint64_t pending_messages(void *userdata) {
         struct router *rt = userdata;
         return fork_n_pending_messages(rt->module->proxy);
+}
+
+static uint64_t store_errors(void *userdata) {
+        struct router *rt = userdata;
+        struct message_store *s = rt->module->proxy->message_store;
+        return s ? s->n_errors : 0;
+}
+
+static uint64_t store_ready(void *userdata) {
+        struct router *rt = userdata;
+        struct message_store *s = rt->module->proxy->message_store;
+        return s && s->ops->ready(s);
 }
 
 static uint64_t live_forks(void *userdata) {
@@ -492,6 +539,15 @@ static int router_init(struct module *m) {
                 r = stats_declare_gauge(s, m->desc->section, "pending-messages",
                                         "Stored MESSAGEs waiting for a device", pending_messages,
                                         rt);
+        if (r >= 0)
+                r = stats_declare_gauge(s, m->desc->section, "message-store-errors",
+                                        "Writes and loads of the message store that failed",
+                                        store_errors, rt);
+        if (r >= 0)
+                r = stats_declare_gauge(s, m->desc->section, "message-store-ready",
+                                        "1 when the message store takes writes and restored "
+                                        "this proxy's pending messages",
+                                        store_ready, rt);
         if (r < 0)
                 return log_error_errno(r, "Failed to declare the router gauges: %m");
         struct ctl *ctl = daemon_ctl(p->daemon);
@@ -500,7 +556,7 @@ static int router_init(struct module *m) {
                                      "devices, and for whom",
                                      cli_pending, rt)) < 0)
                 return log_error_errno(r, "Failed to register MESSAGES_PENDING: %m");
-        return message_store_start(rt);
+        return router_store_start(rt);
 }
 
 static void router_done(struct module *m) {
@@ -508,6 +564,8 @@ static void router_done(struct module *m) {
         /* Forks end first (proxy_free): what is pending stays in the store. */
         message_store_close(m->proxy->message_store);
         m->proxy->message_store = NULL;
+        strv_free(rt->restored_aors);
+        rt->restored_aors = NULL;
         if (m->proxy->fork_config == &rt->fork)
                 m->proxy->fork_config = NULL;
 }

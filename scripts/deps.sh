@@ -20,6 +20,8 @@ sipfleet_packages=(
         libmariadb-dev mariadb-server python3
         # media relay interop test (Kamailio's rtpengine module) and benchmark (rtpengine)
         kamailio rtpengine-daemon
+        # three-host failover test: network namespaces and veth links (ip netns)
+        iproute2
 )
 
 sipfleet_install_deps() {

@@ -6,7 +6,8 @@
  * when he registers; an online and an unreachable device; pending messages kept across a
  * SIGTERM and a SIGKILL of the proxy; a call that waits (fork-late) for the callee's device to
  * come back; the store limits; messages that are not stored; the delivery timeout;
- * MESSAGES_PENDING. */
+ * MESSAGES_PENDING. Every case runs twice: with the embedded store (SQLite), and with the
+ * registrar and the pending messages in a real redis-server. */
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,25 +16,62 @@
 
 #include "macro.h"
 #include "sipua.h"
+#include "testlib-redis.h"
 #include "testlib.h"
 
 static struct tl_proxy proxy;
+static struct tl_redis redis; /* port 0: the SQLite run */
+
+static void redis_setup(void) {
+        tl_redis_start(&redis, NULL);
+}
+
+static void redis_teardown(void) {
+        tl_redis_stop(&redis);
+}
+
+/* Redis: the registrar answers and the message store restored what this proxy owned. */
+static void wait_ready(void) {
+        for (int i = 0; i < 100; i++) {
+                json_t *j = tl_ctl(proxy.sock, "REGISTRAR_GET sip:nobody@localhost");
+                bool registrar = j && !json_object_get(j, "error");
+                json_decref(j);
+                if (registrar &&
+                    tl_counter(proxy.sock, "module::Router/message-store-ready") == 1)
+                        return;
+                usleep(100 * 1000);
+        }
+        ck_abort_msg("the proxy did not get ready on Redis");
+}
 
 static void start_proxy(const char *router_extra) {
         _cleanup_free_ char *db = tl_path("messages.db");
         _cleanup_free_ char *conf = NULL;
+        _cleanup_free_ char *store = NULL;
+        if (redis.port)
+                ck_assert_int_ge(asprintf(&store,
+                                          "db-implementation=redis\n"
+                                          "redis-server-port=%d\n",
+                                          redis.port),
+                                 0);
+        else
+                ck_assert_int_ge(asprintf(&store,
+                                          "db-implementation=sqlite\n"
+                                          "database-path=%s.registrar\n",
+                                          db),
+                                 0);
         ck_assert_int_ge(asprintf(&conf,
                                   "log-level=debug\n"
                                   "[module::Registrar]\n"
-                                  "db-implementation=sqlite\n"
-                                  "database-path=%s.registrar\n"
+                                  "%s"
                                   "[module::Router]\n"
                                   "message-database-path=%s\n"
                                   "message-accept-timeout=2s\n"
                                   "%s",
-                                  db, db, router_extra ? router_extra : ""),
+                                  store, db, router_extra ? router_extra : ""),
                          0);
         tl_proxy_start(&proxy, conf);
+        wait_ready();
 }
 
 static json_t *pending(const char *aor) {
@@ -361,6 +399,66 @@ START_TEST(test_forklate_delivery_timeout) {
 }
 END_TEST
 
+/* KEYS pattern, polled up to 5 s until there are some (or none). */
+static char *redis_keys(const char *pattern, bool some) {
+        char *keys = NULL;
+        for (int i = 0; i < 50; i++) {
+                free(keys);
+                keys = tl_redis_cmd(&redis, "KEYS %s", pattern);
+                if (keys && !!*keys == some)
+                        break;
+                usleep(100 * 1000);
+        }
+        return keys;
+}
+
+/* The Redis layout of a pending message, and its removal once delivered. */
+START_TEST(test_forklate_redis_layout) {
+        struct tl_ua alice, bob;
+        start_proxy("message-store-node=node-x\n");
+        tl_ua_open(&alice, "alice", NULL, proxy.port);
+        tl_ua_open(&bob, "bob", "urn:uuid:00000000-0000-0000-0000-0000000000b7", proxy.port);
+        send_messages(&alice, "bob", "layout-", 1, 202);
+        /* The write is asynchronous: it may land just after the 202. */
+        _cleanup_free_ char *keys = redis_keys("fsm:msg:*", true);
+        ck_assert_msg(keys && strncmp(keys, "fsm:msg:node-x:", 15) == 0 && !strchr(keys, '\n'),
+                      "keys: %s", strna(keys));
+        _cleanup_free_ char *aor = tl_redis_cmd(&redis, "HGET %s aor", keys);
+        ck_assert_str_eq(aor, "sip:bob@localhost");
+        _cleanup_free_ char *owner = tl_redis_cmd(&redis, "HGET %s owner", keys);
+        ck_assert_str_eq(owner, "node-x");
+        _cleanup_free_ char *request = tl_redis_cmd(&redis, "HGET %s request", keys);
+        ck_assert_msg(request && strncmp(request, "MESSAGE sip:bob@localhost", 25) == 0 &&
+                              strstr(request, "layout-0"),
+                      "request: %s", strna(request));
+        _cleanup_free_ char *ttl = tl_redis_cmd(&redis, "PTTL %s", keys);
+        ck_assert_msg(ttl && atoll(ttl) > 0, "PTTL %s", strna(ttl));
+        _cleanup_free_ char *owned = tl_redis_cmd(&redis, "SMEMBERS fsm:owned:node-x");
+        ck_assert_str_eq(owned, keys);
+        _cleanup_free_ char *nodes = tl_redis_cmd(&redis, "SMEMBERS fsm:nodes");
+        ck_assert_str_eq(nodes, "node-x");
+        _cleanup_free_ char *lease = tl_redis_cmd(&redis, "PTTL fsm:node:node-x");
+        ck_assert_msg(lease && atoll(lease) > 0 && atoll(lease) <= 30000, "lease PTTL %s",
+                      strna(lease));
+        /* Not among the registrar's AORs. */
+        json_t *dump = tl_ctl(proxy.sock, "REGISTRAR_DUMP");
+        _cleanup_free_ char *text = json_dumps(dump, 0);
+        ck_assert_msg(!strstr(text, "msg"), "%s", text);
+        json_decref(dump);
+
+        ck_assert_int_eq(tl_ua_register(&bob, 600), 200);
+        expect_messages(&bob, "layout-", 0, 1, 500);
+        _cleanup_free_ char *left = redis_keys("fsm:msg:*", false);
+        ck_assert_msg(left && !*left, "left in Redis: %s", strna(left));
+        _cleanup_free_ char *none = tl_redis_cmd(&redis, "SCARD fsm:owned:node-x");
+        ck_assert_str_eq(none, "0");
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::Router/message-store-errors"), 0);
+        tl_ua_close(&alice);
+        tl_ua_close(&bob);
+        tl_proxy_done(&proxy);
+}
+END_TEST
+
 START_TEST(test_forklate_cli_errors) {
         start_proxy(NULL);
         json_t *j = tl_ctl(proxy.sock, "MESSAGES_PENDING not-an-address");
@@ -373,9 +471,7 @@ START_TEST(test_forklate_cli_errors) {
 }
 END_TEST
 
-static Suite *forklate_suite(void) {
-        Suite *s = suite_create("forklate");
-        TCase *tc = tcase_create("forklate");
+static void add_cases(TCase *tc) {
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, test_forklate_offline_recipient);
         tcase_add_test(tc, test_forklate_two_devices);
@@ -387,6 +483,17 @@ static Suite *forklate_suite(void) {
         tcase_add_test(tc, test_forklate_limits);
         tcase_add_test(tc, test_forklate_delivery_timeout);
         tcase_add_test(tc, test_forklate_cli_errors);
+}
+
+static Suite *forklate_suite(void) {
+        Suite *s = suite_create("forklate");
+        TCase *tc = tcase_create("sqlite");
+        add_cases(tc);
+        suite_add_tcase(s, tc);
+        tc = tcase_create("redis");
+        tcase_add_checked_fixture(tc, redis_setup, redis_teardown);
+        add_cases(tc);
+        tcase_add_test(tc, test_forklate_redis_layout);
         suite_add_tcase(s, tc);
         return s;
 }
