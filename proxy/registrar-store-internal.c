@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* The in-memory registrar store: records in a chained hash table keyed by AOR. Work is done at
+/* The in-memory registrar store: records in a chained hash table keyed by AOR, grown (doubled)
+ * when it holds more records than buckets so that a lookup stays one or two comparisons. Work is done at
  * once; the completions are deferred to the loop (registrar_deferred), so callers never see a
  * callback from inside their own call. Everything is lost at restart. */
 #define LOG_SUBSYSTEM LOG_registrar
@@ -8,17 +9,19 @@
 #include "macro.h"
 #include "registrar-store.h"
 
-#define N_BUCKETS 1024
+#define MIN_BUCKETS 1024
 
 struct entry {
         struct entry *next;
         struct registrar_record *rec;
+        unsigned hash;
 };
 
 struct internal_store {
         struct registrar_store base;
         struct registrar_deferred *deferred;
-        struct entry *buckets[N_BUCKETS];
+        struct entry **buckets;
+        size_t n_buckets; /* a power of two */
         uint64_t n_aors;
 };
 
@@ -26,14 +29,36 @@ static unsigned hash(const char *s) {
         unsigned h = 2166136261u;
         for (; *s; s++)
                 h = (h ^ (unsigned char)*s) * 16777619u;
-        return h % N_BUCKETS;
+        return h;
+}
+
+static struct entry **find_hashed(struct internal_store *st, const char *aor, unsigned h) {
+        struct entry **e = &st->buckets[h & (st->n_buckets - 1)];
+        while (*e && ((*e)->hash != h || !streq((*e)->rec->aor, aor)))
+                e = &(*e)->next;
+        return e;
 }
 
 static struct entry **find(struct internal_store *st, const char *aor) {
-        struct entry **e = &st->buckets[hash(aor)];
-        while (*e && !streq((*e)->rec->aor, aor))
-                e = &(*e)->next;
-        return e;
+        return find_hashed(st, aor, hash(aor));
+}
+
+/* Doubles the table; on failure the table stays as it is (only slower). */
+static void grow(struct internal_store *st) {
+        size_t n = st->n_buckets * 2;
+        struct entry **b = calloc(n, sizeof *b);
+        if (!b)
+                return;
+        for (size_t i = 0; i < st->n_buckets; i++)
+                while (st->buckets[i]) {
+                        struct entry *e = st->buckets[i];
+                        st->buckets[i] = e->next;
+                        e->next = b[e->hash & (n - 1)];
+                        b[e->hash & (n - 1)] = e;
+                }
+        free(st->buckets);
+        st->buckets = b;
+        st->n_buckets = n;
 }
 
 static const struct registrar_record *lookup(struct internal_store *st, const char *aor) {
@@ -69,8 +94,10 @@ static int store_record(struct internal_store *st, const char *aor, struct regis
                 return -ENOMEM;
         }
         n->rec = rec;
+        n->hash = hash(aor);
         *e = n;
-        st->n_aors++;
+        if (++st->n_aors > st->n_buckets)
+                grow(st);
         return 0;
 }
 
@@ -144,7 +171,7 @@ static int internal_dump(struct registrar_store *s, registrar_dump_fn cb, void *
         uint64_t now = realtime_msec();
         if (!aors)
                 return -ENOMEM;
-        for (size_t b = 0; b < N_BUCKETS; b++)
+        for (size_t b = 0; b < st->n_buckets; b++)
                 for (struct entry *e = st->buckets[b]; e; e = e->next) {
                         bool live = false;
                         for (size_t i = 0; i < e->rec->n_bindings && !live; i++)
@@ -159,7 +186,7 @@ static int internal_purge(struct registrar_store *s, uint64_t now, registrar_don
                           void *userdata) {
         struct internal_store *st = (struct internal_store *)s;
         int removed = 0;
-        for (size_t b = 0; b < N_BUCKETS; b++) {
+        for (size_t b = 0; b < st->n_buckets; b++) {
                 struct entry **e = &st->buckets[b];
                 while (*e) {
                         struct registrar_record *rec = (*e)->rec;
@@ -184,12 +211,13 @@ static uint64_t internal_n_aors(struct registrar_store *s) {
 static void internal_free(struct registrar_store *s) {
         struct internal_store *st = (struct internal_store *)s;
         registrar_deferred_free(st->deferred);
-        for (size_t b = 0; b < N_BUCKETS; b++)
+        for (size_t b = 0; b < st->n_buckets; b++)
                 for (struct entry *e = st->buckets[b], *next; e; e = next) {
                         next = e->next;
                         registrar_record_free(e->rec);
                         free(e);
                 }
+        free(st->buckets);
         free(st);
 }
 
@@ -210,8 +238,11 @@ int registrar_store_internal_new(struct loop *l, struct registrar_store **ret) {
         if (!st)
                 return -ENOMEM;
         st->base.ops = &internal_ops;
-        int r = registrar_deferred_new(l, &st->deferred);
+        st->n_buckets = MIN_BUCKETS;
+        st->buckets = calloc(st->n_buckets, sizeof *st->buckets);
+        int r = st->buckets ? registrar_deferred_new(l, &st->deferred) : -ENOMEM;
         if (r < 0) {
+                free(st->buckets);
                 free(st);
                 return r;
         }

@@ -385,6 +385,39 @@ START_TEST(test_registrar_clear_remove_dump) {
 }
 END_TEST
 
+/* Many addresses (the internal store grows its table past 1024): each keeps its own record,
+ * removals find theirs. */
+START_TEST(test_registrar_many_aors) {
+        setup(_i);
+        enum { N = 3000 };
+        char aor[64];
+        for (int k = 0; k < N; k++) {
+                snprintf(aor, sizeof aor, "sip:user%d@example.org", k);
+                struct result res = apply(aor, &(struct reg){"c", 1, 12, {{"sip:d@h", .expires_s = 60}}});
+                ck_assert_int_eq(res.error, 0);
+                result_done(&res);
+        }
+        ck_assert_uint_eq(fx.store->ops->n_aors(fx.store), N);
+        for (int k = 0; k < N; k += 7) {
+                snprintf(aor, sizeof aor, "sip:user%d@example.org", k);
+                struct result res = fetch(aor);
+                ck_assert_uint_eq(res.rec->n_bindings, 1);
+                ck_assert_str_eq(res.rec->aor, aor);
+                result_done(&res);
+        }
+        snprintf(aor, sizeof aor, "sip:user%d@example.org", N - 1);
+        struct result res = {0};
+        wait_for(&res, fx.store->ops->clear(fx.store, aor, on_done, &res));
+        ck_assert_int_eq(res.error, 1);
+        result_done(&res);
+        ck_assert_uint_eq(fx.store->ops->n_aors(fx.store), N - 1);
+        res = fetch(aor);
+        ck_assert_uint_eq(res.rec->n_bindings, 0);
+        result_done(&res);
+        teardown();
+}
+END_TEST
+
 START_TEST(test_registrar_expired_hidden_and_purged) {
         setup(_i);
         struct registrar_contact c = {"sip:a@h", .expires_s = 1, .q = 1000};
@@ -734,6 +767,7 @@ int main(void) {
         tcase_add_loop_test(tc, test_registrar_max_contacts_evicts_oldest, 0, n);
         tcase_add_loop_test(tc, test_registrar_clear_remove_dump, 0, n);
         tcase_add_loop_test(tc, test_registrar_expired_hidden_and_purged, 0, n);
+        tcase_add_loop_test(tc, test_registrar_many_aors, 0, n);
         suite_add_tcase(s, tc);
         TCase *tq = tcase_create("sqlite");
         tcase_add_test(tq, test_registrar_sqlite_persists);
