@@ -4,6 +4,7 @@
 #include <getopt.h>
 #include <grp.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stddef.h>
@@ -47,6 +48,7 @@ struct daemon {
         struct loop_io *signal_io;
         struct loop_timer *watchdog_timer;
         uint64_t watchdog_usec;
+        struct loop_timer *trim_timer;
         struct loop_timer *drain_timer;
 
         struct daemon_hooks hooks;
@@ -372,6 +374,22 @@ static void on_watchdog(struct loop_timer *t, void *userdata) {
         loop_timer_arm(t, d->watchdog_usec / 2000);
 }
 
+/* After a burst (a registration storm, a failover) the heap holds many freed transactions:
+ * give the free pages back to the system once there is a lot of it, so that RSS follows what
+ * is really in use. mallinfo2() is cheap next to malloc_trim(), which walks every arena. */
+#define TRIM_INTERVAL_MS 10000
+#define TRIM_THRESHOLD   (32u << 20)
+
+static void on_trim(struct loop_timer *t, void *userdata) {
+        struct mallinfo2 mi = mallinfo2();
+        if (mi.fordblks > TRIM_THRESHOLD) {
+                malloc_trim(0);
+                log_debug("Returned free heap memory to the system (%zu MB free).",
+                          mi.fordblks >> 20);
+        }
+        loop_timer_arm(t, TRIM_INTERVAL_MS);
+}
+
 static int setup_signals(struct daemon *d) {
         sigset_t mask;
         sigemptyset(&mask);
@@ -437,6 +455,11 @@ int daemon_start(struct daemon *d, enum daemon_loop_kind kind, const struct daem
                                                d->global.prometheus_listen.str);
         }
 
+        r = loop_timer_new(d->loop, on_trim, d, &d->trim_timer);
+        if (r < 0)
+                return log_oom();
+        loop_timer_arm(d->trim_timer, TRIM_INTERVAL_MS);
+
         if (sd_watchdog_enabled(0, &d->watchdog_usec) > 0 && d->watchdog_usec >= 2000) {
                 r = loop_timer_new(d->loop, on_watchdog, d, &d->watchdog_timer);
                 if (r < 0)
@@ -494,6 +517,7 @@ void daemon_free(struct daemon *d) {
                 return;
         loop_timer_free(d->drain_timer);
         loop_timer_free(d->watchdog_timer);
+        loop_timer_free(d->trim_timer);
         http_server_free(d->metrics);
         ctl_free(d->ctl);
         loop_io_free(d->signal_io);

@@ -250,9 +250,12 @@ static uint64_t contact_expires(struct registrar *reg, const sip_t *sip, const s
 static const char *contact_unique_id(struct registrar *reg, su_home_t *home,
                                      const sip_contact_t *c) {
         STRV_FOREACH(name, reg->unique_id_parameters) {
-                _cleanup_free_ char *key = NULL;
-                if (asprintf(&key, "%s=", *name) < 0)
-                        return NULL;
+                char key[128];
+                size_t n = strlen(*name);
+                if (n + 2 > sizeof key)
+                        continue;
+                memcpy(key, *name, n);
+                memcpy(key + n, "=", 2);
                 const char *v = msg_params_find(c->m_params, key);
                 if (v && *v)
                         return v;
