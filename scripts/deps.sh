@@ -10,6 +10,8 @@ sipfleet_packages=(
         libxml2-dev
         # tests: Check, real servers and peers, unit verification
         check libsubunit-dev redis-server redis-tools sip-tester systemd liblinphone-dev
+        # liblinphone chat needs the belr grammars (identity, cpim) of linphone-common
+        linphone-common
         # pushd tests: HTTP/2-over-TLS servers playing APNs and FCM (test/servers/)
         python3-h2
         # Redis failover tests: real sentinels

@@ -475,6 +475,52 @@ START_TEST(test_linphone_call_media_relay) {
 }
 END_TEST
 
+/* Store-and-forward with real clients: alice sends a message to bob, who has never
+ * registered (the proxy answers 202 and keeps it); bob's client starts later, registers and
+ * receives it. */
+START_TEST(test_linphone_offline_message) {
+        struct tl_proxy f = {0};
+        running_proxy = &f;
+        tl_proxy_start(&f, proxy_conf(NULL));
+        _cleanup_free_ char *uri = udp_uri(&f);
+        struct ua alice, bob;
+        ua_start(&alice, "alice", "sip:alice@localhost", uri, NULL,
+                 (const char *[]){"--message-to", "sip:bob@localhost", "--message",
+                                  "hello from the past", NULL});
+        if (!ua_wait_exit(&alice, EXIT_TIMEOUT_MS * 4) || !ua_has(&alice, "event=message-delivered")) {
+                ua_dump(&alice);
+                ck_abort_msg("alice's message was not accepted");
+        }
+        ck_assert_int_eq(tl_counter(f.sock, "module::Router/pending-messages"), 1);
+
+        ua_start(&bob, "bob", "sip:bob@localhost", uri, NULL,
+                 (const char *[]){"--expect-messages", "1", NULL});
+        if (!ua_wait_exit(&bob, EXIT_TIMEOUT_MS * 4)) {
+                ua_dump(&bob);
+                ck_abort_msg("bob did not receive the stored message");
+        }
+        _cleanup_free_ char *log = ua_log(&bob);
+        const char *line = find_line(log, "event=message-received");
+        ck_assert_msg(line && strstr(line, "from=sip:alice@localhost") &&
+                              strstr(line, "text=\"hello from the past\""),
+                      "bob's event: %s", line ? line : "(none)");
+        /* Nothing waits for bob any more (what may wait is bob's delivery notification for
+         * alice, who has gone offline). */
+        size_t waiting = 1;
+        for (int i = 0; i < 100 && waiting > 0; i++) {
+                json_t *j = tl_ctl(f.sock, "MESSAGES_PENDING sip:bob@localhost");
+                waiting = json_array_size(json_object_get(j, "messages"));
+                json_decref(j);
+                if (waiting)
+                        nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
+        }
+        ck_assert_uint_eq(waiting, 0);
+        ua_done(&alice);
+        ua_done(&bob);
+        proxy_done(&f);
+}
+END_TEST
+
 static Suite *linphone_suite(void) {
         Suite *s = suite_create("linphone");
         TCase *tc = tcase_create("register");
@@ -486,6 +532,7 @@ static Suite *linphone_suite(void) {
         tcase_add_test(tc, test_linphone_call_tls);
         tcase_add_test(tc, test_linphone_auth_call_tls);
         tcase_add_test(tc, test_linphone_call_media_relay);
+        tcase_add_test(tc, test_linphone_offline_message);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -62,6 +62,10 @@ struct ua_options {
         const char *rls_uri;
         char *expect[8]; /* states to see the watched friend in, in order */
         size_t n_expect;
+        /* instant messages */
+        const char *message_to;
+        const char *message;
+        int expect_messages;
 };
 
 struct ua {
@@ -93,6 +97,11 @@ struct ua {
         LinphoneFriend *friend;   /* watched (referenced) */
         LinphoneFriendList *list; /* with --rls (referenced) */
         size_t expect_seen;       /* states of --expect seen so far */
+
+        LinphoneChatMessage *sent;   /* --message (referenced) */
+        bool message_done;           /* its final state reached */
+        bool message_failed;
+        int messages_received;
 };
 
 static volatile sig_atomic_t stop_requested;
@@ -240,6 +249,58 @@ static const char *model_state(const LinphonePresenceModel *model) {
         return linphone_presence_model_get_basic_status(model) == LinphonePresenceBasicStatusOpen
                        ? "online"
                        : "offline";
+}
+
+static void on_message_received(LinphoneCore *core, LinphoneChatRoom *room,
+                                LinphoneChatMessage *msg) {
+        struct ua *ua = linphone_core_cbs_get_user_data(linphone_core_get_current_callbacks(core));
+        const LinphoneAddress *from = linphone_chat_message_get_from_address(msg);
+        char *from_text = from ? linphone_address_as_string_uri_only(from) : NULL;
+        const char *text = linphone_chat_message_get_utf8_text(msg);
+        ua->messages_received++;
+        event("event=message-received n=%d from=%s text=\"%s\"", ua->messages_received,
+              from_text ? from_text : "?", text ? text : "");
+        bctbx_free(from_text);
+}
+
+/* Sends --message to --message-to in a basic (SIP MESSAGE) chat room. */
+static void send_message(struct ua *ua) {
+        LinphoneChatRoomParams *params = linphone_core_create_default_chat_room_params(ua->core);
+        linphone_chat_room_params_set_backend(params, LinphoneChatRoomBackendBasic);
+        linphone_chat_room_params_enable_group(params, FALSE);
+        linphone_chat_room_params_enable_encryption(params, FALSE);
+        LinphoneAddress *to = linphone_core_create_address(ua->core, ua->o.message_to);
+        const LinphoneAddress *local =
+                linphone_account_params_get_identity_address(linphone_account_get_params(ua->account));
+        bctbx_list_t *participants = to ? bctbx_list_append(NULL, to) : NULL;
+        LinphoneChatRoom *room =
+                to ? linphone_core_create_chat_room_6(ua->core, params, local, participants) : NULL;
+        bctbx_list_free(participants);
+        if (to)
+                linphone_address_unref(to);
+        linphone_chat_room_params_unref(params);
+        if (!room) {
+                event("event=message-failed reason=no-chat-room");
+                ua->message_done = ua->message_failed = true;
+                return;
+        }
+        ua->sent = linphone_chat_room_create_message_from_utf8(room, ua->o.message);
+        linphone_chat_message_send(ua->sent);
+        event("event=message-sent to=%s", ua->o.message_to);
+}
+
+static void check_message(struct ua *ua) {
+        if (!ua->sent || ua->message_done)
+                return;
+        LinphoneChatMessageState st = linphone_chat_message_get_state(ua->sent);
+        if (st == LinphoneChatMessageStateDelivered || st == LinphoneChatMessageStateDeliveredToUser ||
+            st == LinphoneChatMessageStateDisplayed) {
+                event("event=message-delivered");
+                ua->message_done = true;
+        } else if (st == LinphoneChatMessageStateNotDelivered) {
+                event("event=message-failed reason=not-delivered");
+                ua->message_done = ua->message_failed = true;
+        }
 }
 
 static void on_presence_received(LinphoneCore *core, LinphoneFriend *fr) {
@@ -394,6 +455,9 @@ static void usage(FILE *f) {
               "  --watch URI        subscribe to the presence of URI (a friend)\n"
               "  --rls URI          watch through a friend list whose RLS address is URI\n"
               "  --expect LIST      goal: see the watched friend in these states, in order\n"
+              "  --message-to URI   with --message TEXT: goal: send one instant message, and\n"
+              "                     see it accepted (a 2xx, 202 included)\n"
+              "  --expect-messages N  goal: receive N instant messages\n"
               "  --verbose          liblinphone's debug log on stderr\n"
               "  --password PW      answer digest challenges as the identity's user with PW\n"
               "Without --call or --answer: stay registered until SIGTERM, then unregister.\n"
@@ -430,6 +494,9 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 OPT_WATCH,
                 OPT_RLS,
                 OPT_EXPECT,
+                OPT_MESSAGE_TO,
+                OPT_MESSAGE,
+                OPT_EXPECT_MESSAGES,
                 OPT_PASSWORD,
         };
         static const struct option options[] = {
@@ -450,6 +517,9 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 {"watch", required_argument, NULL, OPT_WATCH},
                 {"rls", required_argument, NULL, OPT_RLS},
                 {"expect", required_argument, NULL, OPT_EXPECT},
+                {"message-to", required_argument, NULL, OPT_MESSAGE_TO},
+                {"message", required_argument, NULL, OPT_MESSAGE},
+                {"expect-messages", required_argument, NULL, OPT_EXPECT_MESSAGES},
                 {"password", required_argument, NULL, OPT_PASSWORD},
                 {0},
         };
@@ -505,6 +575,15 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 case OPT_PRESENCE_INTERVAL:
                         r = parse_int(optarg, 1, 3600, &o->presence_interval_s);
                         break;
+                case OPT_MESSAGE_TO:
+                        o->message_to = optarg;
+                        break;
+                case OPT_MESSAGE:
+                        o->message = optarg;
+                        break;
+                case OPT_EXPECT_MESSAGES:
+                        r = parse_int(optarg, 1, 1000, &o->expect_messages);
+                        break;
                 case OPT_WATCH:
                         o->watch_uri = optarg;
                         break;
@@ -534,6 +613,10 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
         }
         if (o->call_uri && o->answer) {
                 fprintf(stderr, "lp-ua: --call and --answer exclude each other\n");
+                return -EINVAL;
+        }
+        if (!o->message != !o->message_to) {
+                fprintf(stderr, "lp-ua: --message and --message-to go together\n");
                 return -EINVAL;
         }
         if (o->n_expect && !o->watch_uri) {
@@ -657,6 +740,7 @@ static int create_core(struct ua *ua) {
         linphone_core_cbs_set_account_registration_state_changed(cbs, on_registration);
         linphone_core_cbs_set_call_state_changed(cbs, on_call_state);
         linphone_core_cbs_set_notify_presence_received(cbs, on_presence_received);
+        linphone_core_cbs_set_message_received(cbs, on_message_received);
 
         ua->core = linphone_factory_create_core_with_config_3(factory, config, NULL);
         linphone_config_unref(config);
@@ -841,6 +925,14 @@ static bool goal_reached(struct ua *ua, bool *failed) {
                 event("event=presence-expected-seen count=%zu", ua->o.n_expect);
                 return true;
         }
+        if (ua->o.message || ua->o.expect_messages > 0) {
+                if (ua->o.message && !ua->message_done)
+                        return false;
+                if (ua->messages_received < ua->o.expect_messages)
+                        return false;
+                *failed = ua->message_failed;
+                return true;
+        }
         return stop_requested;
 }
 
@@ -876,6 +968,9 @@ static int run(struct ua *ua) {
                         accept_call(ua);
                 if (ua->registered)
                         publish_presence(ua, now);
+                if (ua->registered && ua->o.message && !ua->sent && !ua->message_done)
+                        send_message(ua);
+                check_message(ua);
                 if (ua->call && ua->call_running && !ua->call_ended) {
                         if (now - ua->last_stats_ms >= STATS_EVERY_MS) {
                                 snapshot_stats(ua);
@@ -978,6 +1073,8 @@ out:
                 linphone_friend_list_unref(ua.list);
         if (ua.call)
                 linphone_call_unref(ua.call);
+        if (ua.sent)
+                linphone_chat_message_unref(ua.sent);
         if (ua.account)
                 linphone_account_unref(ua.account);
         if (ua.core) {
