@@ -321,9 +321,13 @@ static void send_upstream(struct fork *f, int status, const char *phrase, msg_t 
  * answering UAS gets its ACK (RFC 3261 §16.7 step 5). */
 static void send_stateless(struct fork *f, msg_t *msg) {
         sip_t *sip = sip_object(msg);
-        if (sip->sip_via && nta_msg_tsend(f->proxy->agent, msg, NULL, TAG_END()) >= 0)
+        if (!sip->sip_via) {
+                msg_destroy(msg);
                 return;
-        msg_destroy(msg);
+        }
+        /* nta_msg_tsend() consumes msg, whether it could send it or not. */
+        if (nta_msg_tsend(f->proxy->agent, msg, NULL, TAG_END()) < 0)
+                log_debug("Failed to relay a 2xx retransmission.");
 }
 
 /* §16.7 step 6, with the preference of the reference: 6xx, then 4xx that let the caller do

@@ -2,6 +2,7 @@
 #define LOG_SUBSYSTEM LOG_sip
 #include <arpa/inet.h>
 #include <ifaddrs.h>
+#include <limits.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -52,6 +53,9 @@ static const struct conf_option proxy_rows[] = {
         {"global", "max-message-size", CONF_SIZE, C(max_message_size), "64KiB", 0, 0, 0,
          "Largest SIP message accepted, on every transport (from 4KiB to 64MiB); larger "
          "ones are refused"},
+        {"global", "udp-receive-buffer", CONF_SIZE, C(udp_receive_buffer), "4MiB", 0, 0, 0,
+         "Receive buffer of the UDP transports' sockets, to absorb bursts (0: the system's "
+         "default; beyond net.core.rmem_max only when running as root)"},
         {"global", "idle-timeout", CONF_DURATION, C(idle_timeout_ms), "3600s", 0, 0, 0,
          "Close TCP and TLS connections idle for this long", .unit = CONF_UNIT_S},
 };
@@ -413,8 +417,13 @@ static int on_message(struct proxy *p, nta_agent_t *agent, msg_t *msg, sip_t *si
                 return 0;
         if (sip && sip->sip_status && proxy_via_is_us(p, sip->sip_via)) {
                 sip_via_remove(msg, sip);
-                if (sip->sip_via && nta_msg_tsend(agent, msg, NULL, TAG_END()) >= 0)
+                /* nta_msg_tsend() consumes msg, whether it could send it or not. */
+                if (sip->sip_via) {
+                        int status = sip->sip_status->st_status;
+                        if (nta_msg_tsend(agent, msg, NULL, TAG_END()) < 0)
+                                log_debug("Failed to relay a stray %d response.", status);
                         return 0;
+                }
         } else if (sip && sip->sip_status) {
                 log_debug("Dropping stray %u response.", sip->sip_status->st_status);
         }
@@ -522,9 +531,20 @@ int proxy_start(struct proxy *p) {
         if (!p->default_leg)
                 return log_error_errno(ENOMEM, "Failed to create the default leg.");
 
+        _cleanup_strv_free_ char **udp_ports = NULL;
         for (tport_t *tp = tport_primaries(nta_agent_tports(p->agent)); tp; tp = tport_next(tp)) {
                 const tp_name_t *n = tport_name(tp);
                 log_notice("Listening on %s %s:%s.", n->tpn_proto, n->tpn_host, n->tpn_port);
+                if (strcaseeq(n->tpn_proto, "udp") && strv_extend(&udp_ports, n->tpn_port) < 0)
+                        return log_oom();
+        }
+        if (p->config.udp_receive_buffer > 0 && udp_ports) {
+                int size = (int)MIN(p->config.udp_receive_buffer, (uint64_t)INT_MAX / 2);
+                r = transport_udp_receive_buffers(udp_ports, size);
+                if (r < 0)
+                        log_warning_errno(r, "Cannot set the UDP receive buffers: %m");
+                else
+                        log_debug("UDP receive buffer of %d socket(s) set to %d bytes.", r, size);
         }
         r = cluster_start(p);
         if (r < 0)

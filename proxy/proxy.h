@@ -29,6 +29,7 @@ struct proxy_config {
         int tls_verify_policy; /* index into tls-verify-policy's choices */
         uint64_t idle_timeout_ms;
         uint64_t max_message_size;
+        uint64_t udp_receive_buffer;
 };
 
 struct proxy {
