@@ -65,6 +65,38 @@ START_TEST(test_proxy_ready_counters_and_options) {
 }
 END_TEST
 
+/* The kernel's receive buffer of the proxy's UDP socket on port (ss -m: "rb<bytes>"), or -1. */
+static long udp_receive_buffer(int port) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "ss -ulnmH 'sport = :%d' 2>/dev/null", port);
+        FILE *p = popen(cmd, "r");
+        ck_assert_ptr_nonnull(p);
+        char line[512];
+        long rb = -1;
+        while (fgets(line, sizeof line, p)) {
+                const char *at = strstr(line, ",rb");
+                if (at)
+                        rb = strtol(at + 3, NULL, 10);
+        }
+        pclose(p);
+        return rb;
+}
+
+/* [global] udp-receive-buffer: the UDP transport's socket gets it (the kernel shows twice the
+ * value asked, its bookkeeping included); 0 leaves the system default. */
+START_TEST(test_proxy_udp_receive_buffer) {
+        struct tl_proxy f = {0};
+        tl_proxy_start(&f, "udp-receive-buffer=2MiB\n");
+        long rb = udp_receive_buffer(f.port);
+        ck_assert_msg(rb >= 2L << 20, "receive buffer of the UDP transport: %ld", rb);
+        tl_proxy_stop(&f);
+        tl_proxy_start(&f, "udp-receive-buffer=0\n");
+        rb = udp_receive_buffer(f.port);
+        ck_assert_msg(rb > 0 && rb < 2L << 20, "system default expected, got %ld", rb);
+        tl_proxy_done(&f);
+}
+END_TEST
+
 START_TEST(test_proxy_set_and_reload) {
         struct tl_proxy f = {0};
         tl_proxy_start(&f, "log-level=notice\n");
@@ -261,6 +293,7 @@ int main(void) {
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, test_proxy_ready_counters_and_options);
         tcase_add_test(tc, test_proxy_set_and_reload);
+        tcase_add_test(tc, test_proxy_udp_receive_buffer);
         tcase_add_test(tc, test_proxy_sigterm_exits_zero);
         tcase_add_test(tc, test_proxy_unknown_key_refused);
         tcase_add_test(tc, test_proxy_check_config);
