@@ -249,6 +249,7 @@ START_TEST(test_calls_tls_via_stunnel) {
         ua_expect_pass(&bob);
         ck_assert_int_eq(tl_counter(proxy.sock, "global/count-incoming-request-bye"), 1);
         tl_stop(&tunnel);
+        free(tunnel.log);
         stop_proxy();
         proxy.tls_port = 0;
 }
