@@ -200,7 +200,9 @@ START_TEST(test_failover_keeps_acknowledged_bindings) {
         tl_redis_start_on(&master, master.port, NULL);
         char link[64];
         snprintf(link, sizeof link, "master_port:%d", new_port);
-        wait_info(&master, link, 30000);
+        /* The sentinels convert it on their own schedule (INFO every 10 s to an instance
+         * coming back): seen after 14 to 35 s here, under ASan. */
+        wait_info(&master, link, 60000);
         wait_info(&master, "master_link_status:up", 10000);
         _cleanup_free_ char *n_old = tl_redis_cmd(&master, "DBSIZE");
         _cleanup_free_ char *n_new = tl_redis_cmd(promoted, "DBSIZE");
