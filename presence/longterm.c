@@ -2,7 +2,8 @@
 /* Long-term presence: a presentity with nothing to report (no publication, no remembered last
  * activity) is looked up in the account store ([accounts]: password file, SQLite or
  * MariaDB/MySQL, the proxy's common/accounts.c). A user of the service is then reported with a
- * default tuple (basic open); anyone else stays unknown. Lookups run in the store's threads
+ * default tuple (basic open), with its devices' capabilities when the proxy's registrar is on
+ * Redis (devices.c); anyone else stays unknown. Lookups run in the store's threads
  * and answer through the loop; the first NOTIFY of a subscription waits for the lookups of its
  * resources, at most long-term-max-wait, after which it goes out with what is known and late
  * answers follow in partial NOTIFYs. */
@@ -216,7 +217,8 @@ const char *longterm_account_name(const struct presentity *pr) {
 
 /* The answer for a presentity: report a user (or no more), release the NOTIFYs that waited
  * for it. */
-static void settle(struct longterm *lt, struct presentity *pr, enum presentity_account state) {
+static void settle(struct longterm *lt, struct presentity *pr, enum presentity_account state,
+                   bool capabilities_changed) {
         enum presentity_account old = pr->account;
         stats_inc(state == ACCOUNT_USER       ? lt->count_user
                   : state == ACCOUNT_NOT_USER ? lt->count_not_user
@@ -226,11 +228,12 @@ static void settle(struct longterm *lt, struct presentity *pr, enum presentity_a
         else
                 pr->account_checked = now_msec();
         pr->account = state;
-        if ((state == ACCOUNT_USER) != (old == ACCOUNT_USER) && !pr->publications &&
-            pr->last_activity == 0) {
-                /* The default tuple comes or goes, to every watcher. Its end is no activity
-                 * to remember: known = false keeps presentity_changed() from starting a last
-                 * activity period. */
+        if (((state == ACCOUNT_USER) != (old == ACCOUNT_USER) ||
+             (state == ACCOUNT_USER && capabilities_changed)) &&
+            !pr->publications && pr->last_activity == 0) {
+                /* The default tuple comes, goes or changes its capabilities, to every
+                 * watcher. Its end is no activity to remember: known = false keeps
+                 * presentity_changed() from starting a last activity period. */
                 pr->known = false;
                 presentity_changed(pr);
         }
@@ -240,7 +243,7 @@ static void settle(struct longterm *lt, struct presentity *pr, enum presentity_a
         }
 }
 
-static void on_answer(int error, const struct account_secret *secret, void *userdata) {
+static void on_devices(int error, const char *capabilities, void *userdata) {
         struct longterm_lookup *l = userdata;
         struct presentity *pr = l->pr;
         free(l);
@@ -250,9 +253,69 @@ static void on_answer(int error, const struct account_secret *secret, void *user
         struct longterm *lt = pr->presence->longterm;
         if (error == -ECANCELED || pr->presence->stopping)
                 return;
+        bool changed = false;
+        if (error < 0)
+                log_info("Devices of '%s' not read from the registrar: %s; keeping the "
+                         "capabilities known.",
+                         pr->key, strerror(-error));
+        else {
+                pr->capabilities_read = now_msec();
+                if (!pr->capabilities || !streq(pr->capabilities, capabilities)) {
+                        char *c = strdup(capabilities);
+                        if (c) {
+                                free(pr->capabilities);
+                                pr->capabilities = c;
+                                changed = true;
+                        } else
+                                log_oom();
+                }
+        }
+        settle(lt, pr, ACCOUNT_USER, changed);
+}
+
+/* A user: read its devices' capabilities when the registrar is on Redis (l then stays the
+ * lookup under way, true), else settle at once (l is freed, false). user is the account's
+ * (an alias resolved by the password file), domain the presentity's. */
+static bool read_devices(struct longterm *lt, struct presentity *pr, struct longterm_lookup *l,
+                         const char *user, const char *domain) {
+        struct presence *p = pr->presence;
+        if (devices_enabled(p)) {
+                int r = devices_read(p, user, domain, on_devices, l);
+                if (r >= 0) {
+                        pr->lookup = l;
+                        return true;
+                }
+                log_info("Devices of '%s' not read from the registrar: %s.", pr->key,
+                         r == -ENOTCONN ? "not connected" : strerror(-r));
+        }
+        free(l);
+        pr->lookup = NULL;
+        settle(lt, pr, ACCOUNT_USER, false);
+        return false;
+}
+
+static void on_answer(int error, const struct account_secret *secret, void *userdata) {
+        struct longterm_lookup *l = userdata;
+        struct presentity *pr = l->pr;
+        if (!pr) {
+                free(l);
+                return; /* gone meanwhile */
+        }
+        pr->lookup = NULL;
+        struct longterm *lt = pr->presence->longterm;
+        if (error == -ECANCELED || pr->presence->stopping) {
+                free(l);
+                return;
+        }
         if (error < 0)
                 log_info("Account lookup of '%s' failed: %s.", pr->key, strerror(-error));
-        settle(lt, pr, error < 0 ? ACCOUNT_FAILED : secret ? ACCOUNT_USER : ACCOUNT_NOT_USER);
+        if (error >= 0 && secret) {
+                const char *at = strrchr(pr->key, '@');
+                (void)read_devices(lt, pr, l, secret->user ? secret->user : "", at + 1);
+                return;
+        }
+        free(l);
+        settle(lt, pr, error < 0 ? ACCOUNT_FAILED : ACCOUNT_NOT_USER, false);
 }
 
 /* Asks the store about pr; true when the answer is to come. */
@@ -261,17 +324,12 @@ static bool lookup(struct longterm *lt, struct presentity *pr) {
                 return true;
         const char *at = strrchr(pr->key, '@');
         if (!at || at == pr->key) {
-                settle(lt, pr, ACCOUNT_NOT_USER); /* a bare host is nobody's account */
+                settle(lt, pr, ACCOUNT_NOT_USER, false); /* a bare host is nobody's account */
                 return false;
         }
         _cleanup_free_ char *user = strndup(pr->key, (size_t)(at - pr->key));
         if (!user) {
                 log_oom();
-                return false;
-        }
-        const struct account_secret *cached = NULL;
-        if (account_store_cached_user(lt->store, user, at + 1, &cached) > 0) {
-                settle(lt, pr, cached ? ACCOUNT_USER : ACCOUNT_NOT_USER);
                 return false;
         }
         struct longterm_lookup *l = calloc(1, sizeof *l);
@@ -280,13 +338,22 @@ static bool lookup(struct longterm *lt, struct presentity *pr) {
                 return false;
         }
         l->pr = pr;
+        const struct account_secret *cached = NULL;
+        if (account_store_cached_user(lt->store, user, at + 1, &cached) > 0) {
+                if (cached)
+                        return read_devices(lt, pr, l, cached->user ? cached->user : user,
+                                            at + 1);
+                free(l);
+                settle(lt, pr, ACCOUNT_NOT_USER, false);
+                return false;
+        }
         stats_inc(lt->count_lookup);
         int r = account_store_lookup_user(lt->store, user, at + 1, on_answer, l);
         if (r < 0) {
                 free(l);
                 log_info("Account lookup of '%s' not started: %s.", pr->key,
                          r == -EAGAIN ? "max-queue-size reached" : strerror(-r));
-                settle(lt, pr, ACCOUNT_FAILED);
+                settle(lt, pr, ACCOUNT_FAILED, false);
                 return false;
         }
         pr->lookup = l;
@@ -295,11 +362,17 @@ static bool lookup(struct longterm *lt, struct presentity *pr) {
 
 /* Unknown accounts are cached 30 s by the store: ask again after that on a refresh. */
 #define NOT_USER_RECHECK_MS (30 * 1000)
+#define DEVICES_RECHECK_MS  (5 * 1000)
 
 static bool needs_lookup(const struct longterm *lt, const struct presentity *pr, bool refresh) {
         if (pr->publications || pr->last_activity > 0)
                 return false;
         if (pr->lookup || pr->account == ACCOUNT_UNCHECKED || pr->account == ACCOUNT_FAILED)
+                return true;
+        /* A user's devices change without telling us: their capabilities are read again for
+         * a new subscription or a refresh, at most every DEVICES_RECHECK_MS. */
+        if (pr->account == ACCOUNT_USER && devices_enabled(pr->presence) &&
+            now_msec() - pr->capabilities_read >= DEVICES_RECHECK_MS)
                 return true;
         if (!refresh)
                 return false;

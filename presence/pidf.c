@@ -300,7 +300,7 @@ int pidf_merge_last_activity(xmlDocPtr out, time_t last) {
         return 0;
 }
 
-int pidf_merge_default(xmlDocPtr out) {
+int pidf_merge_default(xmlDocPtr out, const char *capabilities) {
         xmlNodePtr root = xmlDocGetRootElement(out);
         xmlNsPtr pidf = root->ns;
         xmlNodePtr t = xmlNewChild(root, pidf, BAD_CAST "tuple", NULL);
@@ -308,6 +308,27 @@ int pidf_merge_default(xmlDocPtr out) {
         if (!st || !xmlNewProp(t, BAD_CAST "id", BAD_CAST "long-term") ||
             !xmlNewChild(st, pidf, BAD_CAST "basic", BAD_CAST "open"))
                 return -ENOMEM;
+        if (isempty(capabilities))
+                return 0;
+        xmlNsPtr oma = xmlSearchNsByHref(out, root, BAD_CAST OMA_PRES_NS);
+        if (!oma)
+                oma = xmlNewNs(root, BAD_CAST OMA_PRES_NS, BAD_CAST "oma-pres");
+        if (!oma)
+                return -ENOMEM;
+        /* Items are checked tokens (devices.c): "name" or "name/version". */
+        _cleanup_free_ char *copy = strdup(capabilities);
+        if (!copy)
+                return -ENOMEM;
+        char *save = NULL;
+        for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+                char *slash = strchr(item, '/');
+                if (slash)
+                        *slash++ = '\0';
+                xmlNodePtr d = xmlNewChild(t, oma, BAD_CAST "service-description", NULL);
+                if (!d || !xmlNewTextChild(d, oma, BAD_CAST "service-id", BAD_CAST item) ||
+                    (slash && !xmlNewTextChild(d, oma, BAD_CAST "version", BAD_CAST slash)))
+                        return -ENOMEM;
+        }
         return 0;
 }
 

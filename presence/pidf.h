@@ -20,6 +20,7 @@
 #define RPID_NS           "urn:ietf:params:xml:ns:pidf:rpid"
 #define RESOURCE_LISTS_NS "urn:ietf:params:xml:ns:resource-lists"
 #define RLMI_NS           "urn:ietf:params:xml:ns:rlmi"
+#define OMA_PRES_NS       "urn:oma:xml:prs:pidf:oma-pres"
 
 /* Deepest element nesting accepted in any document we parse. */
 #define XML_MAX_DEPTH 32
@@ -49,8 +50,10 @@ xmlDocPtr pidf_merge_new(const char *entity);
 int pidf_merge_add(xmlDocPtr out, xmlDocPtr src);
 int pidf_merge_last_activity(xmlDocPtr out, time_t last);
 /* Long-term presence: the default tuple of a user of the service with nothing published
- * (id "long-term", basic open). */
-int pidf_merge_default(xmlDocPtr out);
+ * (id "long-term", basic open), with one OMA <service-description> (service-id, version) per
+ * capability of capabilities ("groupchat/1.1,lime"; NULL or "": none), which liblinphone
+ * reads as the capabilities of the presence model. */
+int pidf_merge_default(xmlDocPtr out, const char *capabilities);
 
 /* RFC 3339 UTC time ("2026-11-23T18:42:22Z") into buf (at least 32 bytes). */
 void xml_format_time(time_t t, char *buf, size_t size);

@@ -172,6 +172,7 @@ static void presentity_free(struct presentity *pr) {
                 publication_free(pr->publications);
         loop_timer_free(pr->retention);
         free(pr->pidf);
+        free(pr->capabilities);
         free(pr->key);
         free(pr->uri);
         free(pr);
@@ -217,7 +218,7 @@ static int rebuild(struct presentity *pr) {
         if (r >= 0 && !pr->publications && pr->last_activity > 0)
                 r = pidf_merge_last_activity(doc, pr->last_activity);
         else if (r >= 0 && !pr->publications && longterm_is_user(pr))
-                r = pidf_merge_default(doc);
+                r = pidf_merge_default(doc, pr->capabilities);
         size_t len = 0;
         char *s = r >= 0 ? xml_to_string(doc, &len) : NULL;
         xmlFreeDoc(doc);
@@ -321,6 +322,9 @@ static int ctl_presentities(struct ctl_request *req, int argc, char **argv, void
                         if (pr->account != ACCOUNT_UNCHECKED)
                                 json_object_set_new(o, "account",
                                                     json_string(longterm_account_name(pr)));
+                        if (pr->capabilities)
+                                json_object_set_new(o, "capabilities",
+                                                    json_string(pr->capabilities));
                         if (pr->last_activity > 0) {
                                 char stamp[32];
                                 xml_format_time(pr->last_activity, stamp, sizeof stamp);
@@ -426,6 +430,8 @@ int presence_new(struct daemon *d, struct presence **ret) {
                 return r;
         }
         r = longterm_new(p);
+        if (r >= 0)
+                r = devices_new(p);
         if (r < 0) {
                 presence_free(p);
                 return r;
@@ -484,6 +490,8 @@ int presence_start(struct presence *p) {
                                                "max-expires.");
         declare_counters(p);
         r = longterm_start(p);
+        if (r >= 0)
+                r = devices_start(p);
         if (r < 0)
                 return r;
         r = loop_timer_new(daemon_loop(p->daemon), reap, p, &p->reaper);
@@ -540,6 +548,7 @@ void presence_free(struct presence *p) {
                 return;
         p->stopping = true;
         shared_free(p); /* PUBLISHs waiting for Redis get their 503 while nta is alive */
+        devices_free(p);  /* reads of the registrar are cancelled */
         longterm_free(p); /* its pending answers are dropped */
         while (p->subscriptions)
                 subscription_free(p->subscriptions);

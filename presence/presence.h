@@ -17,6 +17,7 @@
 struct daemon;
 struct loop_timer;
 struct redis;
+struct redisReply;
 struct stats_counter;
 
 struct presence_config {
@@ -44,6 +45,7 @@ struct presentity;
 struct subscription;
 struct resource;
 struct longterm;
+struct devices;
 
 struct presence {
         struct daemon *daemon;
@@ -63,6 +65,7 @@ struct presence {
         size_t n_subscriptions;
         struct subscription *dead; /* ended, freed by the reaper */
         struct longterm *longterm; /* longterm.c: users of the service from the account store */
+        struct devices *devices;   /* devices.c: their capabilities from the Redis registrar */
         struct loop_timer *reaper;
         uint64_t next_id;
 
@@ -138,6 +141,10 @@ struct presentity {
         enum presentity_account account; /* long-term presence: the last answer */
         uint64_t account_checked;        /* monotonic ms of that answer */
         struct longterm_lookup *lookup;  /* under way */
+        /* Long-term presence: the devices' capabilities ("groupchat/1.1,lime") of the default
+         * tuple, as last read from the registrar; NULL: never read. */
+        char *capabilities;
+        uint64_t capabilities_read; /* monotonic ms of that read */
 };
 
 struct subscription {
@@ -219,6 +226,26 @@ void longterm_check(struct presentity *pr);
 const char *longterm_account_name(const struct presentity *pr);
 /* The presentity goes away: its lookup's answer is dropped. */
 void longterm_forget(struct presentity *pr);
+
+/* devices.c: the capabilities of a user's devices, from the proxy's Redis registrar
+ * ([registrar] redis-server-domain). */
+int devices_new(struct presence *p);
+int devices_start(struct presence *p);
+void devices_free(struct presence *p);
+/* Is the registrar configured? */
+bool devices_enabled(const struct presence *p);
+/* The answer of devices_read(): error < 0 (-ECANCELED: the server is stopping), else the
+ * capabilities of the AOR's live bindings, "name/version,name..." ("" for none; valid during
+ * the call only). */
+typedef void (*devices_fn)(int error, const char *capabilities, void *userdata);
+/* Reads the bindings of user@domain; cb runs later (never from within). < 0: cb never runs
+ * (-ENOTCONN: no registrar, or its link is down). */
+int devices_read(struct presence *p, const char *user, const char *domain, devices_fn cb,
+                 void *userdata);
+/* The merged capabilities of an HGETALL reply of a registrar AOR (each name once, its highest
+ * version, sorted by name): bindings expired at now_ms (CLOCK_REALTIME) and values that are
+ * not ours are skipped. malloc'd, "" for none. */
+char *devices_capabilities(const struct redisReply *rep, uint64_t now_ms);
 
 /* publish.c */
 struct publication *publication_new(struct presentity *pr, xmlDocPtr doc, uint64_t expires_ms,

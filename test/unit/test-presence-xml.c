@@ -6,8 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <hiredis/hiredis.h>
+
 #include "macro.h"
 #include "pidf.h"
+#include "presence.h"
 #include "testlib.h"
 
 #define PIDF_HEAD                                                                                  \
@@ -206,6 +209,79 @@ START_TEST(test_presence_xml_resource_lists) {
 }
 END_TEST
 
+/* The capabilities of a registrar AOR: an HGETALL reply built by hand from field/value
+ * pairs, then the default tuple they make. */
+static char *capabilities_of(const char *const *pairs, size_t n, uint64_t now) {
+        redisReply items[64], *ptrs[64];
+        ck_assert_uint_le(n, 64);
+        for (size_t i = 0; i < n; i++) {
+                items[i] = (redisReply){.type = REDIS_REPLY_STRING, .str = (char *)pairs[i],
+                                        .len = strlen(pairs[i])};
+                ptrs[i] = &items[i];
+        }
+        redisReply rep = {.type = REDIS_REPLY_ARRAY, .elements = n, .element = ptrs};
+        char *s = devices_capabilities(&rep, now);
+        ck_assert_ptr_nonnull(s);
+        return s;
+}
+
+START_TEST(test_presence_xml_device_capabilities) {
+        static const char *const pairs[] = {
+                "v", "abc",
+                "c:1", "{\"contact\":\"sip:a@h\",\"params\":\"+sip.instance=\\\"<urn:x;a=b>\\\";"
+                       "+org.linphone.specs=\\\"groupchat/1.1,lime\\\"\",\"expires-at\":2000}",
+                "c:2", "{\"contact\":\"sip:a@h\",\"params\":\"+Org.Linphone.Specs = "
+                       "groupchat/1.10 , ephemeral;x\",\"expires-at\":2000}",
+                "c:3", "{\"contact\":\"sip:a@h\",\"params\":\"+org.linphone.specs=old\","
+                       "\"expires-at\":500}",
+                "c:4", "not json",
+                "c:5", "{\"params\":[1]}",
+                "c:6", "{\"params\":\"+org.linphone.specs=\\\"a b,<c>,d/,/e,f/1/2,"
+                       "g\\\"\"}",
+                "c:7", "{\"params\":\"+org.linphone.specs\"}",
+                "x:8", "{\"params\":\"+org.linphone.specs=notabinding\"}",
+        };
+        _cleanup_free_ char *caps = capabilities_of(pairs, ELEMENTSOF(pairs), 1000);
+        ck_assert_str_eq(caps, "ephemeral,g,groupchat/1.10,lime");
+        _cleanup_free_ char *later = capabilities_of(pairs, ELEMENTSOF(pairs), 3000);
+        ck_assert_str_eq(later, "g"); /* the bindings with expires-at 2000 expired */
+        _cleanup_free_ char *none = capabilities_of(pairs, 2, 1000);
+        ck_assert_str_eq(none, "");
+        _cleanup_free_ char *odd = capabilities_of(pairs, 3, 1000); /* an odd count */
+        ck_assert_str_eq(odd, "");
+
+        /* At most 32 names, however many a device lists. */
+        char many[4096] = "{\"params\":\"+org.linphone.specs=";
+        for (int i = 0; i < 100; i++)
+                snprintf(many + strlen(many), sizeof many - strlen(many), "%sc%03d", i ? "," : "", i);
+        strcat(many, "\"}");
+        const char *big[] = {"c:1", many};
+        _cleanup_free_ char *capped = capabilities_of(big, 2, 0);
+        size_t commas = 0;
+        for (const char *p = capped; *p; p++)
+                commas += *p == ',';
+        ck_assert_uint_eq(commas, 31);
+
+        xmlDocPtr doc = pidf_merge_new("sip:a@example.org");
+        ck_assert_int_eq(pidf_merge_default(doc, caps), 0);
+        size_t len = 0;
+        _cleanup_free_ char *text = xml_to_string(doc, &len);
+        xmlFreeDoc(doc);
+        ck_assert_ptr_nonnull(strstr(text, "xmlns:oma-pres=\"urn:oma:xml:prs:pidf:oma-pres\""));
+        ck_assert_ptr_nonnull(strstr(
+                text, "<tuple id=\"long-term\"><status><basic>open</basic></status>"
+                      "<oma-pres:service-description><oma-pres:service-id>ephemeral"
+                      "</oma-pres:service-id></oma-pres:service-description>"));
+        ck_assert_ptr_nonnull(strstr(text, "<oma-pres:service-id>groupchat</oma-pres:service-id>"
+                                           "<oma-pres:version>1.10</oma-pres:version>"));
+        xmlDocPtr parsed = NULL;
+        ck_assert_int_eq(xml_parse(text, len, 65536, &parsed), 0);
+        const char *why = NULL;
+        ck_assert_msg(pidf_valid(parsed, &why), "%s", strempty(why));
+        xmlFreeDoc(parsed);
+}
+END_TEST
+
 static Suite *suite(void) {
         Suite *s = suite_create("presence-xml");
         TCase *tc = tcase_create("parse");
@@ -220,6 +296,7 @@ static Suite *suite(void) {
         suite_add_tcase(s, tc);
         tc = tcase_create("lists");
         tcase_add_test(tc, test_presence_xml_resource_lists);
+        tcase_add_test(tc, test_presence_xml_device_capabilities);
         suite_add_tcase(s, tc);
         return s;
 }
