@@ -669,3 +669,74 @@ size_t account_store_cache_delete(struct account_store *s, const char *user, con
                 strmap_foreach(s->cache, delete_one, &c);
         return c.removed;
 }
+
+/* ---- configuration ---- */
+
+const char *const account_db_implementations[] = {"file", "sqlite", "mysql", NULL};
+
+
+/* The reloaded hook of account_store_open_config(): userdata is the settings. */
+static void log_reloaded(int error, char *const *errors, size_t n_accounts, void *userdata) {
+        const struct account_store_settings *s = userdata;
+        STRV_FOREACH(e, errors)
+                log_warning("%s", *e);
+        if (error < 0)
+                log_warning("Password file '%s' cannot be read (%s), keeping its previous "
+                            "accounts.",
+                            s->file_path, strerror(-error));
+        else
+                log_notice("Password file '%s' loaded: %zu accounts.", s->file_path, n_accounts);
+}
+
+int account_store_open_config(struct loop *l, const char *section,
+                              const struct account_store_settings *s, struct account_store **ret) {
+        if (s->db_implementation == ACCOUNT_DB_FILE && isempty(s->file_path))
+                return log_error_errno(EINVAL, "[%s] file-path is needed with "
+                                               "db-implementation=file.",
+                                       section);
+        if (s->db_implementation == ACCOUNT_DB_SQLITE && isempty(s->database_path))
+                return log_error_errno(EINVAL, "[%s] database-path is needed with "
+                                               "db-implementation=sqlite.",
+                                       section);
+        if (s->db_implementation == ACCOUNT_DB_MYSQL && isempty(s->connection_string))
+                return log_error_errno(EINVAL, "[%s] connection-string is needed with "
+                                               "db-implementation=mysql.",
+                                       section);
+        static const enum account_backend backends[] = {
+                [ACCOUNT_DB_FILE] = ACCOUNT_BACKEND_FILE,
+                [ACCOUNT_DB_SQLITE] = ACCOUNT_BACKEND_SQLITE,
+                [ACCOUNT_DB_MYSQL] = ACCOUNT_BACKEND_MYSQL,
+        };
+        if (s->db_implementation < 0 || s->db_implementation > ACCOUNT_DB_MYSQL)
+                return log_error_errno(EINVAL, "[%s] unknown db-implementation.", section);
+        struct account_store_config cfg = {
+                .backend = backends[s->db_implementation],
+                .file_path = s->file_path,
+                .database_path = s->database_path,
+                .request = s->password_request,
+                .connection_string = s->connection_string,
+                .threads = (unsigned)s->db_threads,
+                .max_queue = (size_t)s->max_queue_size,
+                .cache_expire_ms = s->cache_expire_ms,
+                .cache_max = (size_t)s->cache_size,
+                .watch = true,
+                .reloaded = log_reloaded,
+                .userdata = (void *)s,
+        };
+        _cleanup_strv_free_ char **errors = NULL;
+        int r = account_store_new(l, &cfg, &errors, ret);
+        STRV_FOREACH(e, errors)
+                if (r >= 0)
+                        log_warning("%s", *e);
+                else
+                        log_error("%s", *e);
+        if (r < 0)
+                return log_error_errno(r, "Failed to open the account store (%s): %m",
+                                       account_db_implementations[s->db_implementation]);
+        if (s->db_implementation == ACCOUNT_DB_FILE)
+                log_notice("Password file '%s': %zu accounts.", s->file_path,
+                           account_store_n_accounts(*ret));
+        else
+                log_notice("Accounts in %s.", account_db_implementations[s->db_implementation]);
+        return 0;
+}

@@ -144,3 +144,76 @@ size_t account_table_size(const struct account_table *t);
  * match the account's digest username. */
 const struct account_secret *account_table_find(const struct account_table *t, const char *user,
                                                 const char *domain, const char *authid);
+
+/* ---- configuration shared by the roles that read accounts ---- */
+
+/* The keys of an account store in one config section: db-implementation (file, sqlite,
+ * mysql), file-path, database-path, password-request, connection-string, db-threads,
+ * max-queue-size, cache-expire, cache-size. The proxy has them in [module::Authentication],
+ * sipfleet-presence in [accounts]. */
+enum account_db_implementation {
+        ACCOUNT_DB_FILE,
+        ACCOUNT_DB_SQLITE,
+        ACCOUNT_DB_MYSQL,
+};
+
+struct account_store_settings {
+        int db_implementation; /* enum account_db_implementation */
+        char *file_path;
+        char *database_path;
+        char *password_request;
+        char *connection_string;
+        int64_t db_threads, max_queue_size, cache_size;
+        uint64_t cache_expire_ms;
+};
+
+/* "file", "sqlite", "mysql", NULL: the choices of db-implementation. */
+extern const char *const account_db_implementations[];
+
+/* The config rows (struct conf_option, common/conf.h) of those keys, for a row table: section
+ * is the section name, base the offset of the struct account_store_settings in the table's
+ * block. One definition for every role, so keys, defaults and bounds cannot drift apart. */
+#define ACCOUNT_STORE_S_(base, field) ((base) + offsetof(struct account_store_settings, field))
+#define ACCOUNT_STORE_ROWS(section, base)                                                          \
+        {(section), "db-implementation", CONF_ENUM, ACCOUNT_STORE_S_(base, db_implementation),    \
+         "file", 0, 0, 0,                                                                          \
+         "Where accounts are: file (file-path), sqlite (database-path, password-request) or "     \
+         "mysql (MariaDB/MySQL: connection-string, password-request)",                            \
+         .choices = account_db_implementations},                                                   \
+        {(section), "file-path", CONF_STRING, ACCOUNT_STORE_S_(base, file_path), NULL, 0, 0, 0,   \
+         "Password file (version:1, then 'user@domain clrtxt:secret ; [auth-user] [phone]' "     \
+         "lines; see README), re-read when it changes (the proxy: on SIGHUP too)"},                \
+        {(section), "database-path", CONF_STRING, ACCOUNT_STORE_S_(base, database_path), NULL, 0, \
+         0, 0, "SQLite database with the accounts, opened read-only (db-implementation=sqlite)"},  \
+        {(section), "password-request", CONF_STRING, ACCOUNT_STORE_S_(base, password_request),    \
+         "select password, algorithm from passwords where account_id = (select id from "          \
+         "accounts where username = :id and domain = :domain and activated = 1)",                 \
+         0, 0, 0,                                                                                  \
+         "SQL returning (password, algorithm in CLRTXT, MD5, SHA-256) rows for an account; :id "  \
+         "= identity user (mandatory; presence: the presentity's user, or its phone number: "     \
+         "match a phone column too for aliases), :domain = its domain, :authid = digest "         \
+         "username (presence: :id)"},                                                              \
+        {(section), "connection-string", CONF_STRING, ACCOUNT_STORE_S_(base, connection_string),  \
+         NULL, 0, 0, CONF_SECRET,                                                                  \
+         "MariaDB/MySQL server for db-implementation=mysql: db=NAME user=USER "                   \
+         "password='...' host=HOST port=3306 (or unix_socket=PATH)"},                             \
+        {(section), "db-threads", CONF_INT, ACCOUNT_STORE_S_(base, db_threads), "2", 1, 64, 0,    \
+         "Threads running SQL lookups, so that the SIP loop never waits for the database"},       \
+        {(section), "max-queue-size", CONF_INT, ACCOUNT_STORE_S_(base, max_queue_size), "1000",   \
+         1, 1000000, 0,                                                                            \
+         "Lookups waiting for a database thread; beyond, the proxy answers 503 and presence "     \
+         "leaves the presentity unknown until the next SUBSCRIBE asks again"},                    \
+        {(section), "cache-expire", CONF_DURATION, ACCOUNT_STORE_S_(base, cache_expire_ms),       \
+         "1800s", 0, 0, 0,                                                                         \
+         "How long a looked-up account is remembered (proxy: CLI AUTH_CACHE_*; presence: "       \
+         "unknown accounts at most 30s); 0 = no cache",                                           \
+         .unit = CONF_UNIT_S},                                                                     \
+        {(section), "cache-size", CONF_INT, ACCOUNT_STORE_S_(base, cache_size), "100000", 1,      \
+         10000000, 0, "Answers kept in the cache; the least recently used go first"}
+
+/* Checks the settings (the file, database or server the implementation needs), opens the
+ * store and logs what happened (skipped lines of a password file as warnings, errors naming
+ * the section, the number of accounts). A password file is watched; each reload is logged.
+ * s must outlive the store. */
+int account_store_open_config(struct loop *l, const char *section,
+                              const struct account_store_settings *s, struct account_store **ret);

@@ -23,14 +23,7 @@ struct longterm {
         /* [presence] */
         bool enabled;
         uint64_t max_wait_ms;
-        /* [accounts] */
-        int db_implementation;
-        char *file_path;
-        char *database_path;
-        char *password_request;
-        char *connection_string;
-        int64_t db_threads, max_queue_size, cache_size;
-        uint64_t cache_expire_ms;
+        struct account_store_settings accounts; /* [accounts] */
 
         struct account_store *store;
         struct stats_counter *count_lookup, *count_user, *count_not_user, *count_failed,
@@ -41,9 +34,6 @@ struct longterm {
 struct longterm_lookup {
         struct presentity *pr;
 };
-
-enum { DB_FILE, DB_SQLITE, DB_MYSQL };
-static const char *const db_implementations[] = {"file", "sqlite", "mysql", NULL};
 
 #define SECTION  "accounts"
 #define L(field) offsetof(struct longterm, field)
@@ -62,36 +52,7 @@ static const struct conf_option longterm_rows[] = {
          "How long the first NOTIFY of a subscription waits for the account lookups of its "
          "resources; later answers follow in partial NOTIFYs",
          .unit = CONF_UNIT_MS},
-        {SECTION, "db-implementation", CONF_ENUM, L(db_implementation), "file", 0, 0, 0,
-         "Where accounts are: file (file-path), sqlite (database-path, password-request) or "
-         "mysql (MariaDB/MySQL: connection-string, password-request)",
-         .choices = db_implementations},
-        {SECTION, "file-path", CONF_STRING, L(file_path), NULL, 0, 0, 0,
-         "Password file (the proxy's format: 'user@domain clrtxt:secret ; [auth-user] "
-         "[phone]'), re-read when it changes"},
-        {SECTION, "database-path", CONF_STRING, L(database_path), NULL, 0, 0, 0,
-         "SQLite database with the accounts, opened read-only (db-implementation=sqlite)"},
-        {SECTION, "password-request", CONF_STRING, L(password_request),
-         "select password, algorithm from passwords where account_id = (select id from "
-         "accounts where username = :id and domain = :domain and activated = 1)",
-         0, 0, 0,
-         "SQL that returns a row for an account; :id = user part of the presentity (or its "
-         "phone number: match a phone column too for aliases), :domain = its domain, "
-         ":authid = :id"},
-        {SECTION, "connection-string", CONF_STRING, L(connection_string), NULL, 0, 0, CONF_SECRET,
-         "MariaDB/MySQL server for db-implementation=mysql: db=NAME user=USER "
-         "password='...' host=HOST port=3306 (or unix_socket=PATH)"},
-        {SECTION, "db-threads", CONF_INT, L(db_threads), "2", 1, 64, 0,
-         "Threads running SQL lookups, so that the SIP loop never waits for the database"},
-        {SECTION, "max-queue-size", CONF_INT, L(max_queue_size), "1000", 1, 1000000, 0,
-         "Lookups waiting for a database thread; beyond, the presentity stays unknown until "
-         "the next SUBSCRIBE asks again"},
-        {SECTION, "cache-expire", CONF_DURATION, L(cache_expire_ms), "1800s", 0, 0, 0,
-         "How long an answer is remembered for new subscriptions (unknown accounts at most "
-         "30s); 0 = no cache",
-         .unit = CONF_UNIT_S},
-        {SECTION, "cache-size", CONF_INT, L(cache_size), "100000", 1, 10000000, 0,
-         "Answers kept in the cache; the least recently used go first"},
+        ACCOUNT_STORE_ROWS(SECTION, L(accounts)),
 };
 
 int longterm_new(struct presence *p) {
@@ -108,22 +69,9 @@ int longterm_new(struct presence *p) {
         return r;
 }
 
-static void on_reloaded(int error, char *const *errors, size_t n_accounts, void *userdata) {
-        struct longterm *lt = userdata;
-        for (char *const *e = errors; e && *e; e++)
-                log_warning("%s", *e);
-        if (error < 0)
-                log_warning("Password file '%s' cannot be read (%s), keeping its previous "
-                            "accounts.",
-                            lt->file_path, strerror(-error));
-        else
-                log_notice("Password file '%s': %zu accounts.", lt->file_path, n_accounts);
-}
-
 int longterm_start(struct presence *p) {
         struct longterm *lt = p->longterm;
         struct stats *st = daemon_stats(p->daemon);
-        int r;
         lt->count_lookup = stats_declare(st, "presence", "count-long-term-lookup",
                                          "Account lookups of long-term presence");
         lt->count_user = stats_declare(st, "presence", "count-long-term-user",
@@ -141,51 +89,8 @@ int longterm_start(struct presence *p) {
                                                "before every lookup answered");
         if (!lt->enabled)
                 return 0;
-        if (lt->db_implementation == DB_FILE && isempty(lt->file_path))
-                return log_error_errno(EINVAL, "[" SECTION "] file-path is needed with "
-                                               "db-implementation=file.");
-        if (lt->db_implementation == DB_SQLITE && isempty(lt->database_path))
-                return log_error_errno(EINVAL, "[" SECTION "] database-path is needed with "
-                                               "db-implementation=sqlite.");
-        if (lt->db_implementation == DB_MYSQL && isempty(lt->connection_string))
-                return log_error_errno(EINVAL, "[" SECTION "] connection-string is needed with "
-                                               "db-implementation=mysql.");
-        static const enum account_backend backends[] = {
-                [DB_FILE] = ACCOUNT_BACKEND_FILE,
-                [DB_SQLITE] = ACCOUNT_BACKEND_SQLITE,
-                [DB_MYSQL] = ACCOUNT_BACKEND_MYSQL,
-        };
-        struct account_store_config cfg = {
-                .backend = backends[lt->db_implementation],
-                .file_path = lt->file_path,
-                .database_path = lt->database_path,
-                .request = lt->password_request,
-                .connection_string = lt->connection_string,
-                .threads = (unsigned)lt->db_threads,
-                .max_queue = (size_t)lt->max_queue_size,
-                .cache_expire_ms = lt->cache_expire_ms,
-                .cache_max = (size_t)lt->cache_size,
-                .watch = true,
-                .reloaded = on_reloaded,
-                .userdata = lt,
-        };
-        _cleanup_strv_free_ char **errors = NULL;
-        r = account_store_new(daemon_loop(p->daemon), &cfg, &errors, &lt->store);
-        STRV_FOREACH(e, errors)
-                if (r >= 0)
-                        log_warning("%s", *e);
-                else
-                        log_error("%s", *e);
-        if (r < 0)
-                return log_error_errno(r, "Failed to open the account store (%s): %m",
-                                       db_implementations[lt->db_implementation]);
-        if (lt->db_implementation == DB_FILE)
-                log_notice("Long-term presence: password file '%s', %zu accounts.", lt->file_path,
-                           account_store_n_accounts(lt->store));
-        else
-                log_notice("Long-term presence: accounts in %s.",
-                           db_implementations[lt->db_implementation]);
-        return 0;
+        return account_store_open_config(daemon_loop(p->daemon), SECTION, &lt->accounts,
+                                         &lt->store);
 }
 
 void longterm_free(struct presence *p) {
@@ -377,8 +282,8 @@ static bool needs_lookup(const struct longterm *lt, const struct presentity *pr,
         if (!refresh)
                 return false;
         uint64_t age = now_msec() - pr->account_checked;
-        return pr->account == ACCOUNT_USER ? age >= lt->cache_expire_ms
-                                           : age >= MIN(lt->cache_expire_ms, NOT_USER_RECHECK_MS);
+        uint64_t expire = lt->accounts.cache_expire_ms;
+        return pr->account == ACCOUNT_USER ? age >= expire : age >= MIN(expire, NOT_USER_RECHECK_MS);
 }
 
 static void hold_expired(struct loop_timer *t, void *userdata) {

@@ -45,13 +45,9 @@ struct auth {
         char **available_algorithms;
         char *realm;
         char **trusted_hosts;
-        int db_implementation;
-        char *file_path;
-        char *database_path;
-        char *password_request;
-        char *connection_string;
-        int64_t db_threads, max_queue_size, cache_size, max_nonces;
-        uint64_t nonce_expires_ms, cache_expire_ms;
+        struct account_store_settings accounts;
+        int64_t max_nonces;
+        uint64_t nonce_expires_ms;
         bool reject_wrong_client_certificates;
         char *required_subject;
         int64_t max_failed_attempts, max_tracked;
@@ -76,9 +72,6 @@ struct auth {
         struct stats_counter *count_domain_forbidden;
 };
 
-enum { DB_FILE, DB_SQLITE, DB_MYSQL };
-static const char *const db_implementations[] = {"file", "sqlite", "mysql", NULL};
-
 #define A(field) offsetof(struct auth, field)
 #define SECTION "module::Authentication"
 static const struct conf_option auth_rows[] = {
@@ -93,34 +86,7 @@ static const struct conf_option auth_rows[] = {
         {SECTION, "trusted-hosts", CONF_LIST, A(trusted_hosts), NULL, 0, 0, 0,
          "Source addresses (or prefixes, 10.0.0.0/8) whose requests are never challenged: "
          "other proxies of the cluster, presence, conference and B2BUA servers"},
-        {SECTION, "db-implementation", CONF_ENUM, A(db_implementation), "file", 0, 0, 0,
-         "Where accounts are: file (file-path), sqlite (database-path, password-request) or "
-         "mysql (MariaDB/MySQL: connection-string, password-request)",
-         .choices = db_implementations},
-        {SECTION, "file-path", CONF_STRING, A(file_path), NULL, 0, 0, 0,
-         "Password file (version:1, then 'user@domain clrtxt:secret ;' lines; see README), "
-         "re-read on SIGHUP and when it changes"},
-        {SECTION, "database-path", CONF_STRING, A(database_path), NULL, 0, 0, 0,
-         "SQLite database with the accounts, opened read-only (db-implementation=sqlite)"},
-        {SECTION, "password-request", CONF_STRING, A(password_request),
-         "select password, algorithm from passwords where account_id = (select id from "
-         "accounts where username = :id and domain = :domain and activated = 1)",
-         0, 0, 0,
-         "SQL returning (password, algorithm in CLRTXT, MD5, SHA-256) rows; :id = identity "
-         "user (mandatory), :domain = its domain, :authid = digest username"},
-        {SECTION, "connection-string", CONF_STRING, A(connection_string), NULL, 0, 0,
-         CONF_SECRET,
-         "MariaDB/MySQL server for db-implementation=mysql: db=NAME user=USER "
-         "password='...' host=HOST port=3306 (or unix_socket=PATH)"},
-        {SECTION, "db-threads", CONF_INT, A(db_threads), "2", 1, 64, 0,
-         "Threads running SQL lookups, so that the SIP loop never waits for the database"},
-        {SECTION, "max-queue-size", CONF_INT, A(max_queue_size), "1000", 1, 1000000, 0,
-         "Lookups waiting for a database thread; beyond, requests get 503"},
-        {SECTION, "cache-expire", CONF_DURATION, A(cache_expire_ms), "1800s", 0, 0, 0,
-         "How long a looked-up account is remembered (CLI AUTH_CACHE_*); 0 = no cache",
-         .unit = CONF_UNIT_S},
-        {SECTION, "cache-size", CONF_INT, A(cache_size), "100000", 1, 10000000, 0,
-         "Accounts kept in the cache; the least recently used go first"},
+        ACCOUNT_STORE_ROWS(SECTION, A(accounts)),
         {SECTION, "nonce-expires", CONF_DURATION, A(nonce_expires_ms), "3600s", 0, 0, 0,
          "Age after which a nonce is refused with a new challenge marked stale=true",
          .unit = CONF_UNIT_S},
@@ -640,18 +606,6 @@ static int cli_command(struct ctl_request *req, int argc, char **argv, void *use
 
 /* ---- module ---- */
 
-static void on_reloaded(int error, char *const *errors, size_t n_accounts, void *userdata) {
-        struct auth *a = userdata;
-        if (error < 0) {
-                log_warning_errno(error, "Failed to read '%s', keeping the accounts: %m",
-                                  a->file_path);
-                return;
-        }
-        STRV_FOREACH(e, errors)
-                log_warning("%s", *e);
-        log_notice("Password file '%s' loaded: %zu accounts.", a->file_path, n_accounts);
-}
-
 static int auth_init(struct module *m) {
         struct auth *a = m->state;
         struct proxy *p = m->proxy;
@@ -708,47 +662,9 @@ static int auth_init(struct module *m) {
             (r = strmap_new((size_t)a->max_tracked, free, &a->failures)) < 0)
                 return log_oom();
 
-        if (a->db_implementation == DB_FILE && isempty(a->file_path))
-                return log_error_errno(EINVAL, "[" SECTION "] file-path is needed with "
-                                               "db-implementation=file.");
-        if (a->db_implementation == DB_SQLITE && isempty(a->database_path))
-                return log_error_errno(EINVAL, "[" SECTION "] database-path is needed with "
-                                               "db-implementation=sqlite.");
-        if (a->db_implementation == DB_MYSQL && isempty(a->connection_string))
-                return log_error_errno(EINVAL, "[" SECTION "] connection-string is needed with "
-                                               "db-implementation=mysql.");
-        static const enum account_backend backends[] = {
-                [DB_FILE] = ACCOUNT_BACKEND_FILE,
-                [DB_SQLITE] = ACCOUNT_BACKEND_SQLITE,
-                [DB_MYSQL] = ACCOUNT_BACKEND_MYSQL,
-        };
-        struct account_store_config cfg = {
-                .backend = backends[a->db_implementation],
-                .file_path = a->file_path,
-                .database_path = a->database_path,
-                .request = a->password_request,
-                .connection_string = a->connection_string,
-                .threads = (unsigned)a->db_threads,
-                .max_queue = (size_t)a->max_queue_size,
-                .cache_expire_ms = a->cache_expire_ms,
-                .cache_max = (size_t)a->cache_size,
-                .watch = true,
-                .reloaded = on_reloaded,
-                .userdata = a,
-        };
-        _cleanup_strv_free_ char **errors = NULL;
-        r = account_store_new(daemon_loop(p->daemon), &cfg, &errors, &a->store);
-        STRV_FOREACH(e, errors)
-                if (r >= 0)
-                        log_warning("%s", *e);
-                else
-                        log_error("%s", *e);
+        r = account_store_open_config(daemon_loop(p->daemon), SECTION, &a->accounts, &a->store);
         if (r < 0)
-                return log_error_errno(r, "Failed to open the account store (%s): %m",
-                                       db_implementations[a->db_implementation]);
-        if (a->db_implementation == DB_FILE)
-                log_notice("Password file '%s': %zu accounts.", a->file_path,
-                           account_store_n_accounts(a->store));
+                return r;
 
         a->count_password_found = stats_declare(st, m->desc->section, "count-password-found",
                                                 "Account lookups that found the account");
