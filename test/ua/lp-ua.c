@@ -60,6 +60,7 @@ struct ua_options {
         int presence_interval_s;
         const char *watch_uri;
         const char *rls_uri;
+        char *specs;     /* --specs: the Contact's +org.linphone.specs, comma-separated */
         char *expect[8]; /* states to see the watched friend in, in order */
         size_t n_expect;
         /* instant messages */
@@ -309,7 +310,15 @@ static void on_presence_received(LinphoneCore *core, LinphoneFriend *fr) {
         const char *state = model_state(model);
         const LinphoneAddress *addr = linphone_friend_get_address(fr);
         char *uri = addr ? linphone_address_as_string_uri_only(addr) : NULL;
-        event("event=presence-received uri=%s state=%s", uri ? uri : "?", state);
+        int caps = linphone_friend_get_capabilities(fr);
+        event("event=presence-received uri=%s state=%s capabilities=%s%s%s%s "
+              "groupchat-version=%.1f",
+              uri ? uri : "?", state, caps & LinphoneFriendCapabilityGroupChat ? "groupchat," : "",
+              caps & LinphoneFriendCapabilityLimeX3dh ? "lime," : "",
+              caps & LinphoneFriendCapabilityEphemeralMessages ? "ephemeral," : "",
+              caps ? "" : "none",
+              (double)linphone_friend_get_capability_version(fr,
+                                                             LinphoneFriendCapabilityGroupChat));
         if (uri)
                 ortp_free(uri);
         if (ua->expect_seen < ua->o.n_expect && streq(state, ua->o.expect[ua->expect_seen]))
@@ -454,6 +463,9 @@ static void usage(FILE *f) {
               "  --presence-interval N  seconds between two of them (default 2)\n"
               "  --watch URI        subscribe to the presence of URI (a friend)\n"
               "  --rls URI          watch through a friend list whose RLS address is URI\n"
+              "  --specs LIST       capabilities to register with (+org.linphone.specs),\n"
+              "                     e.g. groupchat/1.1,lime, instead of liblinphone's own\n"
+              "                     (the account gets a conference factory URI, never used)\n"
               "  --expect LIST      goal: see the watched friend in these states, in order\n"
               "  --message-to URI   with --message TEXT: goal: send one instant message, and\n"
               "                     see it accepted (a 2xx, 202 included)\n"
@@ -498,6 +510,7 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 OPT_MESSAGE,
                 OPT_EXPECT_MESSAGES,
                 OPT_PASSWORD,
+                OPT_SPECS,
         };
         static const struct option options[] = {
                 {"identity", required_argument, NULL, OPT_IDENTITY},
@@ -521,6 +534,7 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 {"message", required_argument, NULL, OPT_MESSAGE},
                 {"expect-messages", required_argument, NULL, OPT_EXPECT_MESSAGES},
                 {"password", required_argument, NULL, OPT_PASSWORD},
+                {"specs", required_argument, NULL, OPT_SPECS},
                 {0},
         };
         *o = (struct ua_options){
@@ -589,6 +603,9 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                         break;
                 case OPT_RLS:
                         o->rls_uri = optarg;
+                        break;
+                case OPT_SPECS:
+                        o->specs = optarg;
                         break;
                 case OPT_EXPECT:
                         if (!parse_states(optarg, o->expect, ELEMENTSOF(o->expect), &o->n_expect))
@@ -786,6 +803,13 @@ static int configure_core(struct ua *ua) {
         }
         linphone_core_set_audio_port(core, ua->o.rtp_port ? ua->o.rtp_port : -1);
 
+        if (ua->o.specs) {
+                linphone_core_set_linphone_specs_list(core, NULL);
+                for (char *save = NULL, *t = strtok_r(ua->o.specs, ",", &save); t;
+                     t = strtok_r(NULL, ",", &save))
+                        linphone_core_add_linphone_spec(core, t);
+        }
+
         if (ua->o.ca_file) {
                 linphone_core_set_root_ca(core, ua->o.ca_file);
                 linphone_core_verify_server_certificates(core, TRUE);
@@ -818,6 +842,11 @@ static int add_account(struct ua *ua) {
         linphone_account_params_set_expires(params, ua->o.expires);
         linphone_account_params_enable_register(params, TRUE);
         linphone_account_params_enable_publish(params, ua->o.n_presence > 0);
+        /* liblinphone registers the groupchat and ephemeral specs only for an account with a
+         * conference factory; --specs asks for them, so give it one (never used here). */
+        if (ua->o.specs)
+                linphone_account_params_set_conference_factory_uri(
+                        params, "sip:conference-factory@invalid.test");
         ua->account = linphone_core_create_account(core, params);
         if (!ua->account || linphone_core_add_account(core, ua->account) < 0) {
                 fprintf(stderr, "lp-ua: cannot add the account\n");
