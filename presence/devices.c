@@ -6,9 +6,9 @@
  * ones ("groupchat/1.1,lime,ephemeral") make the capabilities of the user's default tuple.
  *
  * The capabilities of all devices are merged: each name once, with the highest version any
- * device gave, sorted by name. Values are checked (names and versions of letters, digits, '.', '-', '_', at
- * most MAX_NAME characters, at most MAX_CAPABILITIES per user); what does not fit is skipped,
- * as are bindings that are not JSON objects of ours. */
+ * device gave, sorted by name. Values are checked (names and versions of letters, digits, '.', '-',
+ * '_', at most MAX_NAME characters, at most MAX_CAPABILITIES per user); what does not fit is
+ * skipped, as are bindings that are not JSON objects of ours. */
 #define LOG_SUBSYSTEM LOG_presence
 #include <ctype.h>
 #include <stdlib.h>
@@ -246,8 +246,8 @@ char *devices_capabilities(const struct redisReply *rep, uint64_t now_ms) {
                         json_t *o = json_loadb(v->str, v->len, 0, NULL);
                         json_t *at = json_object_get(o, "expires-at");
                         const char *params = json_string_value(json_object_get(o, "params"));
-                        if (params && (!json_is_integer(at) ||
-                                       (uint64_t)json_integer_value(at) > now_ms))
+                        if (params &&
+                            (!json_is_integer(at) || (uint64_t)json_integer_value(at) > now_ms))
                                 add_params(params, caps, &n);
                         json_decref(o);
                 }

@@ -283,7 +283,8 @@ static bool needs_lookup(const struct longterm *lt, const struct presentity *pr,
                 return false;
         uint64_t age = now_msec() - pr->account_checked;
         uint64_t expire = lt->accounts.cache_expire_ms;
-        return pr->account == ACCOUNT_USER ? age >= expire : age >= MIN(expire, NOT_USER_RECHECK_MS);
+        return pr->account == ACCOUNT_USER ? age >= expire
+                                           : age >= MIN(expire, NOT_USER_RECHECK_MS);
 }
 
 static void hold_expired(struct loop_timer *t, void *userdata) {

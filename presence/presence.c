@@ -547,7 +547,7 @@ void presence_free(struct presence *p) {
         if (!p)
                 return;
         p->stopping = true;
-        shared_free(p); /* PUBLISHs waiting for Redis get their 503 while nta is alive */
+        shared_free(p);   /* PUBLISHs waiting for Redis get their 503 while nta is alive */
         devices_free(p);  /* reads of the registrar are cancelled */
         longterm_free(p); /* its pending answers are dropped */
         while (p->subscriptions)

@@ -49,8 +49,9 @@ static void start_presence(bool with_registrar) {
         int port = tl_free_port();
         _cleanup_free_ char *pw = password_file(), *conf = NULL, *registrar = NULL;
         if (with_registrar)
-                ck_assert_int_ge(asprintf(&registrar, "[registrar]\nredis-server-domain=127.0.0.1\n"
-                                                      "redis-server-port=%d\n",
+                ck_assert_int_ge(asprintf(&registrar,
+                                          "[registrar]\nredis-server-domain=127.0.0.1\n"
+                                          "redis-server-port=%d\n",
                                           redis.port),
                                  0);
         ck_assert_int_ge(asprintf(&conf,
@@ -101,7 +102,8 @@ static int register_once(const char *user, int device, const char *specs) {
                                   ntohs(local.sin_port), n, user, n, user, user, device, n, user,
                                   5000 + device, device, specs),
                          0);
-        struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)proxy.port),
+        struct sockaddr_in to = {.sin_family = AF_INET,
+                                 .sin_port = htons((uint16_t)proxy.port),
                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         ck_assert_int_eq(sendto(fd, req, strlen(req), 0, (struct sockaddr *)&to, sizeof to),
                          (ssize_t)strlen(req));
@@ -195,8 +197,8 @@ static char *capabilities_of(const char *body) {
 static void check_capabilities(struct tl_ua *ua, const char *ruri, const char *expected) {
         _cleanup_free_ char *n = first_notify(ua, ruri);
         _cleanup_free_ char *caps = capabilities_of(n);
-        ck_assert_msg(streq(caps, expected), "%s: capabilities '%s', expected '%s'\n%s", ruri,
-                      caps, expected, n);
+        ck_assert_msg(streq(caps, expected), "%s: capabilities '%s', expected '%s'\n%s", ruri, caps,
+                      expected, n);
 }
 
 START_TEST(test_presence_capabilities_from_registrar) {
@@ -216,9 +218,10 @@ START_TEST(test_presence_capabilities_from_registrar) {
         register_device("alice", 1, "groupchat/1.1,lime");
         register_device("alice", 2, "groupchat/1.2,ephemeral,conference/1.0");
         _cleanup_free_ char *fields = tl_redis_cmd(&redis, "HKEYS fs:alice@example.org");
-        ck_assert_msg(fields && strstr(fields, "c:\"<urn:uuid:00000000-0000-0000-0000-000000000001>") &&
-                              strstr(fields, "c:\"<urn:uuid:00000000-0000-0000-0000-000000000002>"),
-                      "bindings in Redis: %s", strempty(fields));
+        ck_assert_msg(
+                fields && strstr(fields, "c:\"<urn:uuid:00000000-0000-0000-0000-000000000001>") &&
+                        strstr(fields, "c:\"<urn:uuid:00000000-0000-0000-0000-000000000002>"),
+                "bindings in Redis: %s", strempty(fields));
 
         /* Odd values for dave: not JSON, params not a string, a binding that expired, bad
          * tokens around one good one; erin's key is not a hash at all. */
@@ -241,7 +244,8 @@ START_TEST(test_presence_capabilities_from_registrar) {
         tl_ua_set_proxy(ua, server_uri);
 
         /* Each name once, the highest version of any device, sorted by name. */
-        check_capabilities(ua, "sip:alice@example.org", "conference/1.0,ephemeral,groupchat/1.2,lime");
+        check_capabilities(ua, "sip:alice@example.org",
+                           "conference/1.0,ephemeral,groupchat/1.2,lime");
         check_capabilities(ua, "sip:+33600000001@example.org;user=phone",
                            "conference/1.0,ephemeral,groupchat/1.2,lime");
         check_capabilities(ua, "sip:bob@example.org", ""); /* a user with no device */
@@ -279,7 +283,8 @@ START_TEST(test_presence_capabilities_from_registrar) {
         }
 
         /* The presence server still answers after all that. */
-        check_capabilities(ua, "sip:alice@example.org", "conference/1.0,ephemeral,groupchat/1.2,lime");
+        check_capabilities(ua, "sip:alice@example.org",
+                           "conference/1.0,ephemeral,groupchat/1.2,lime");
         tl_daemon_done(&server);
 
         /* Without [registrar]: the default tuple without capabilities. */

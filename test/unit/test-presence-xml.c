@@ -253,7 +253,8 @@ START_TEST(test_presence_xml_device_capabilities) {
         /* At most 32 names, however many a device lists. */
         char many[4096] = "{\"params\":\"+org.linphone.specs=";
         for (int i = 0; i < 100; i++)
-                snprintf(many + strlen(many), sizeof many - strlen(many), "%sc%03d", i ? "," : "", i);
+                snprintf(many + strlen(many), sizeof many - strlen(many), "%sc%03d",
+                         i ? "," : "", i);
         strcat(many, "\"}");
         const char *big[] = {"c:1", many};
         _cleanup_free_ char *capped = capabilities_of(big, 2, 0);
