@@ -22,6 +22,7 @@
  *   CREATE INDEX bindings_expires_at ON bindings (expires_at);
  * An update rewrites the AOR's rows in one transaction (read, apply in memory, write back). */
 #define LOG_SUBSYSTEM LOG_registrar
+#include <assert.h>
 #include <sqlite3.h>
 
 #include "log.h"
@@ -29,10 +30,18 @@
 #include "macro.h"
 #include "registrar-store.h"
 
+/* Statements are prepared once and kept, keyed by their SQL text's address (the literals
+ * below); there are fewer of them than slots. */
+#define N_STATEMENTS 16
+
 struct sqlite_store {
         struct registrar_store base;
         struct registrar_deferred *deferred;
         sqlite3 *db;
+        struct {
+                const char *sql;
+                sqlite3_stmt *stmt;
+        } statements[N_STATEMENTS];
 };
 
 static const char schema[] =
@@ -50,14 +59,29 @@ static int sql_error(struct sqlite_store *st, const char *what) {
         return -EIO;
 }
 
-static void finalizep(sqlite3_stmt **s) {
-        sqlite3_finalize(*s);
+/* Hands a kept statement back, ready for its next use. */
+static void releasep(sqlite3_stmt **s) {
+        if (*s) {
+                sqlite3_reset(*s);
+                sqlite3_clear_bindings(*s);
+        }
 }
-#define _cleanup_stmt_ _cleanup_(finalizep)
+#define _cleanup_stmt_ _cleanup_(releasep)
 
+/* The statement for sql, a string literal: prepared at its first use, then kept. */
 static int prepare(struct sqlite_store *st, const char *sql, sqlite3_stmt **ret) {
-        if (sqlite3_prepare_v2(st->db, sql, -1, ret, NULL) != SQLITE_OK)
+        size_t i = 0;
+        for (; i < N_STATEMENTS && st->statements[i].sql; i++)
+                if (st->statements[i].sql == sql) {
+                        *ret = st->statements[i].stmt;
+                        return 0;
+                }
+        assert(i < N_STATEMENTS);
+        if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, ret, NULL) !=
+            SQLITE_OK)
                 return sql_error(st, "prepare");
+        st->statements[i].sql = sql;
+        st->statements[i].stmt = *ret;
         return 0;
 }
 
@@ -118,6 +142,17 @@ static int exec(struct sqlite_store *st, const char *sql) {
         return 0;
 }
 
+/* One statement without results, kept prepared (BEGIN, COMMIT, ROLLBACK). */
+static int run(struct sqlite_store *st, const char *sql) {
+        _cleanup_stmt_ sqlite3_stmt *s = NULL;
+        int r = prepare(st, sql, &s);
+        if (r < 0)
+                return r;
+        if (sqlite3_step(s) != SQLITE_DONE)
+                return sql_error(st, sql);
+        return 0;
+}
+
 static int delete_aor(struct sqlite_store *st, const char *aor) {
         _cleanup_stmt_ sqlite3_stmt *s = NULL;
         int r = prepare(st, "DELETE FROM bindings WHERE aor = ?", &s);
@@ -132,7 +167,7 @@ static int delete_aor(struct sqlite_store *st, const char *aor) {
 /* Replace the rows of rec->aor with rec, in one transaction. */
 static int save(struct sqlite_store *st, const struct registrar_record *rec) {
         _cleanup_stmt_ sqlite3_stmt *s = NULL;
-        int r = exec(st, "BEGIN IMMEDIATE");
+        int r = run(st, "BEGIN IMMEDIATE");
         if (r < 0)
                 return r;
         r = delete_aor(st, rec->aor);
@@ -167,10 +202,10 @@ static int save(struct sqlite_store *st, const struct registrar_record *rec) {
                         r = sql_error(st, "insert");
         }
         if (r < 0) {
-                exec(st, "ROLLBACK");
+                run(st, "ROLLBACK");
                 return r;
         }
-        return exec(st, "COMMIT");
+        return run(st, "COMMIT");
 }
 
 /* Store rec and complete with it. Takes rec. */
@@ -285,6 +320,8 @@ static uint64_t sqlite_n_aors(struct registrar_store *s) {
 static void sqlite_free(struct registrar_store *s) {
         struct sqlite_store *st = (struct sqlite_store *)s;
         registrar_deferred_free(st->deferred);
+        for (size_t i = 0; i < N_STATEMENTS; i++)
+                sqlite3_finalize(st->statements[i].stmt);
         sqlite3_close(st->db);
         free(st);
 }
@@ -320,7 +357,11 @@ int registrar_store_sqlite_new(struct loop *l, const char *path, struct registra
                 r = -EIO;
         } else if (sqlite3_busy_timeout(st->db, 1000) != SQLITE_OK)
                 r = sql_error(st, "busy_timeout");
-        else if ((r = exec(st, "PRAGMA journal_mode = WAL")) >= 0)
+        /* WAL with synchronous=NORMAL: a commit is in the log file before the REGISTER is
+         * answered, so a crash or SIGKILL of the proxy loses nothing; only a power loss can
+         * drop the last commits (those clients register again at their next refresh). FULL
+         * would add an fsync to every REGISTER. */
+        else if ((r = exec(st, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL")) >= 0)
                 r = exec(st, schema);
         if (r < 0) {
                 sqlite_free(&st->base);
