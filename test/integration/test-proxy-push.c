@@ -28,6 +28,13 @@ static struct tl_proxy proxy;
 static struct tl_daemon pushd;
 static struct tl_h2_server apns;
 static struct tl_redis redis;
+static struct tl_h2_server fcm; /* started when with_fcm */
+static bool with_fcm;
+static char *fcm_key;           /* the service account's private key (PEM file) */
+
+#define FCM_PROJECT "sipfleet-test"
+#define FCM_NUMBER  "123456789012"
+#define FCM_TOKEN   "fcm-registration-token-of-bobs-phone:APA91b-0123456789"
 
 /* redis_port > 0: jobs go through pushd's Redis Stream and dead tokens come back on its
  * channel; else through pushd's HTTP intake. */
@@ -36,6 +43,18 @@ static void start_with(const char *push_extra, const char *apns_scenario, int re
         _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
         int intake = tl_free_port();
         _cleanup_free_ char *pconf = NULL, *conf = NULL, *redis_conf = NULL, *proxy_redis = NULL;
+        _cleanup_free_ char *fcm_conf = NULL, *sa = NULL;
+        if (with_fcm) {
+                tl_h2_server_start(&fcm, "fcm", "fcm", NULL, NULL);
+                sa = tl_h2_write_service_account("sa.json", FCM_PROJECT, fcm.port, &fcm_key);
+                ck_assert_int_ge(asprintf(&fcm_conf,
+                                          "[fcm]\n"
+                                          "service-account-files=%s\n"
+                                          "project-aliases=" FCM_NUMBER "=" FCM_PROJECT "\n"
+                                          "url=https://127.0.0.1:%d\n",
+                                          sa, fcm.port),
+                                 0);
+        }
         if (redis_port > 0) {
                 ck_assert_int_ge(asprintf(&redis_conf,
                                           "[redis]\nserver=127.0.0.1:%d\nblock-time=500ms\n",
@@ -60,8 +79,10 @@ static void start_with(const char *push_extra, const char *apns_scenario, int re
                                   "sandbox-url=https://127.0.0.1:%d/sandbox\n"
                                   "key-file=%s\n"
                                   "key-id=KEYID12345\n"
-                                  "team-id=" TEAM "\n",
-                                  tl_h2_tls_dir(), intake, strempty(redis_conf), apns.port, apns.port, key),
+                                  "team-id=" TEAM "\n"
+                                  "%s",
+                                  tl_h2_tls_dir(), intake, strempty(redis_conf), apns.port, apns.port, key,
+                                  strempty(fcm_conf)),
                          0);
         tl_daemon_start(&pushd, "pushd", pconf);
         ck_assert_int_eq(tl_wait_tcp(intake, 10000), 0);
@@ -91,6 +112,12 @@ static void stop_all(void) {
         tl_proxy_done(&proxy);
         tl_daemon_done(&pushd);
         tl_h2_server_stop(&apns);
+        if (with_fcm) {
+                tl_h2_server_stop(&fcm);
+                free(fcm_key);
+                fcm_key = NULL;
+                with_fcm = false;
+        }
 }
 
 static void open_bob(struct tl_ua *bob) {
@@ -225,6 +252,133 @@ START_TEST(test_push_not_sent_when_device_answers) {
 }
 END_TEST
 
+static void open_bob_fcm(struct tl_ua *bob, const char *project) {
+        tl_ua_open(bob, "bob", "urn:uuid:00000000-0000-0000-0000-0000000000f5", proxy.port);
+        snprintf(bob->contact_params, sizeof bob->contact_params,
+                 ";pn-provider=fcm;pn-prid=" FCM_TOKEN ";pn-param=%s", project);
+}
+
+/* The FCM server's records: the OAuth2 token request (its RS256 assertion verified with the
+ * service account's key) then the push, returned (caller decref) after its common checks:
+ * path with the project, the access token as bearer, a data message of high priority for
+ * bob's token. */
+static json_t *fcm_push_checked(const char *type) {
+        json_t *recs = tl_h2_server_wait(&fcm, 2, 6000);
+        ck_assert_uint_eq(json_array_size(recs), 2);
+        json_t *tok = json_array_get(recs, 0);
+        ck_assert_str_eq(json_string_value(json_object_get(tok, "path")), "/token");
+        const char *form = json_string_value(json_object_get(tok, "body"));
+        const char *a = form ? strstr(form, "&assertion=") : NULL;
+        ck_assert_msg(a, "token request: %s", strna(form));
+        json_t *h, *c;
+        ck_assert_msg(tl_jwt_verify(a + 11, fcm_key, &h, &c), "RS256 assertion invalid");
+        ck_assert_str_eq(json_string_value(json_object_get(c, "scope")),
+                         "https://www.googleapis.com/auth/firebase.messaging");
+        json_decref(h);
+        json_decref(c);
+
+        json_t *rec = json_array_get(recs, 1);
+        ck_assert_str_eq(json_string_value(json_object_get(rec, "method")), "POST");
+        ck_assert_str_eq(json_string_value(json_object_get(rec, "path")),
+                         "/v1/projects/" FCM_PROJECT "/messages:send");
+        ck_assert_str_eq(tl_h2_header(rec, "authorization"), "Bearer access-1");
+        ck_assert_str_eq(tl_h2_header(rec, "content-type"), "application/json");
+        json_t *body = tl_h2_body(rec), *m = json_object_get(body, "message");
+        ck_assert_str_eq(json_string_value(json_object_get(m, "token")), FCM_TOKEN);
+        ck_assert_ptr_null(json_object_get(m, "notification")); /* data only */
+        json_t *android = json_object_get(m, "android");
+        ck_assert_str_eq(json_string_value(json_object_get(android, "priority")), "high");
+        json_t *data = json_object_get(m, "data");
+        ck_assert_str_eq(json_string_value(json_object_get(data, "type")), type);
+        ck_assert_str_eq(json_string_value(json_object_get(data, "from-uri")),
+                         streq(type, "call") ? "sip:caller@localhost" : "sip:alice@localhost");
+        ck_assert_ptr_nonnull(json_string_value(json_object_get(data, "call-id")));
+        json_incref(data);
+        json_decref(body);
+        json_decref(recs);
+        return data;
+}
+
+/* An Android phone (FCM, pn-param = the project id) asleep: a data push through FCM v1 with
+ * an OAuth2 access token, then the call on its new registration. */
+START_TEST(test_push_fcm_call_wakes_device) {
+        struct tl_ua bob;
+        with_fcm = true;
+        start_all(NULL);
+        open_bob_fcm(&bob, FCM_PROJECT);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        json_t *got = tl_ctl(proxy.sock, "REGISTRAR_GET sip:bob@localhost");
+        _cleanup_free_ char *dump = json_dumps(got, 0);
+        ck_assert_msg(strstr(dump, "pn-provider=fcm"), "push parameters not stored: %s", dump);
+        json_decref(got);
+        tl_ua_close(&bob);
+
+        char remote[64];
+        snprintf(remote, sizeof remote, "127.0.0.1:%d", proxy.port);
+        const char *args[] = {remote, "-m", "1", "-s", "bob", NULL};
+        struct tl_proc caller;
+        tl_sipp_spawn(&caller, "caller", "test/sipp/uac-call-push.xml", 0, args);
+
+        json_t *data = fcm_push_checked("call");
+        json_decref(data);
+        json_t *none = tl_h2_server_records(&apns);
+        ck_assert_uint_eq(json_array_size(none), 0);
+        json_decref(none);
+
+        tl_ua_reopen(&bob);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        _cleanup_free_ char *invite = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(invite && strncmp(invite, "INVITE ", 7) == 0, "no INVITE: %s",
+                      strna(invite));
+        ck_assert_msg(!strstr(invite, "pn-"), "push parameters left the proxy:\n%s", invite);
+        tl_ua_reply(&bob, invite, 180, false);
+        tl_ua_reply(&bob, invite, 200, true);
+        _cleanup_free_ char *ack = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(ack && strncmp(ack, "ACK ", 4) == 0, "no ACK: %s", strna(ack));
+        _cleanup_free_ char *bye = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(bye && strncmp(bye, "BYE ", 4) == 0, "no BYE: %s", strna(bye));
+        tl_ua_reply(&bob, bye, 200, false);
+        ck_assert_int_eq(tl_sipp_wait(&caller, "caller", 10000), 0);
+
+        json_t *recs = tl_h2_server_records(&fcm);
+        ck_assert_uint_eq(json_array_size(recs), 2); /* one token request, one push */
+        json_decref(recs);
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::PushNotification/count-pn-sent"), 1);
+        tl_ua_close(&bob);
+        stop_all();
+}
+END_TEST
+
+/* A MESSAGE for the Android phone, whose pn-param is the project number (an alias of the
+ * project in pushd): a data push of type message, 202 to alice, the message on waking. */
+START_TEST(test_push_fcm_message_wakes_device) {
+        struct tl_ua bob, alice;
+        with_fcm = true;
+        start_all(NULL);
+        open_bob_fcm(&bob, FCM_NUMBER);
+        tl_ua_open(&alice, "alice", NULL, proxy.port);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        tl_ua_close(&bob);
+
+        ck_assert_int_eq(tl_ua_message(&alice, "bob", NULL, "wake up, android", NULL, NULL, 0),
+                         202);
+        json_t *data = fcm_push_checked("message");
+        json_decref(data);
+
+        tl_ua_reopen(&bob);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        _cleanup_free_ char *msg = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(msg && strncmp(msg, "MESSAGE ", 8) == 0, "no MESSAGE: %s", strna(msg));
+        _cleanup_free_ char *text = tl_sip_body(msg);
+        ck_assert_str_eq(text, "wake up, android");
+        ck_assert_msg(!strstr(msg, "pn-"), "push parameters left the proxy:\n%s", msg);
+        tl_ua_reply(&bob, msg, 200, false);
+        tl_ua_close(&alice);
+        tl_ua_close(&bob);
+        stop_all();
+}
+END_TEST
+
 static size_t bindings_of_bob(void) {
         json_t *j = tl_ctl(proxy.sock, "REGISTRAR_GET sip:bob@localhost");
         size_t n = json_array_size(json_object_get(j, "contacts"));
@@ -273,6 +427,8 @@ static Suite *push_suite(void) {
         tcase_add_test(tc, test_push_message_wakes_device);
         tcase_add_test(tc, test_push_not_sent_when_device_answers);
         tcase_add_test(tc, test_push_dead_token_removes_binding);
+        tcase_add_test(tc, test_push_fcm_call_wakes_device);
+        tcase_add_test(tc, test_push_fcm_message_wakes_device);
         suite_add_tcase(s, tc);
         return s;
 }
