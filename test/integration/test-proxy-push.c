@@ -379,6 +379,107 @@ START_TEST(test_push_fcm_message_wakes_device) {
 }
 END_TEST
 
+/* alice gives up while bob's iPhone is being woken by a VoIP push: she gets 487 at once;
+ * bob's phone, once registered, gets the INVITE and then a CANCEL for it (with her Reason), so
+ * that the CallKit call PushKit made it report ends. */
+static void call_then_cancel(struct tl_ua *bob) {
+        open_bob(bob);
+        ck_assert_int_eq(tl_ua_register(bob, 3600), 200);
+        tl_ua_close(bob);
+        char remote[64];
+        snprintf(remote, sizeof remote, "127.0.0.1:%d", proxy.port);
+        const char *args[] = {remote, "-m", "1", "-s", "bob", NULL};
+        struct tl_proc caller;
+        tl_sipp_spawn(&caller, "caller", "test/sipp/uac-cancel-push.xml", 0, args);
+        ck_assert_int_eq(tl_sipp_wait(&caller, "caller", 10000), 0); /* 110, CANCEL, 487 */
+        json_t *recs = tl_h2_server_wait(&apns, 1, 4000);
+        ck_assert_str_eq(tl_h2_header(json_array_get(recs, 0), "apns-push-type"), "voip");
+        json_decref(recs);
+}
+
+START_TEST(test_push_voip_cancelled_call_reaches_device) {
+        struct tl_ua bob;
+        start_all(NULL);
+        call_then_cancel(&bob);
+        /* The call ended, but the fork waits for the woken phone. */
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::Router/live-forks"), 1);
+
+        tl_ua_reopen(&bob);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        _cleanup_free_ char *invite = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(invite && strncmp(invite, "INVITE ", 7) == 0, "no INVITE: %s",
+                      strna(invite));
+        ck_assert_msg(!strstr(invite, "pn-"), "push parameters left the proxy:\n%s", invite);
+        _cleanup_free_ char *call_id = tl_sip_header(invite, "Call-ID");
+        tl_ua_reply(&bob, invite, 180, false); /* the CANCEL may follow a provisional only */
+        _cleanup_free_ char *cancel = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(cancel && strncmp(cancel, "CANCEL ", 7) == 0, "no CANCEL: %s",
+                      strna(cancel));
+        _cleanup_free_ char *cancel_call_id = tl_sip_header(cancel, "Call-ID");
+        ck_assert_str_eq(cancel_call_id, call_id);
+        _cleanup_free_ char *reason = tl_sip_header(cancel, "Reason");
+        ck_assert_msg(reason && strstr(reason, "cause=480"), "CANCEL without alice's Reason: %s",
+                      strna(reason));
+        tl_ua_reply(&bob, cancel, 200, false);
+        tl_ua_reply(&bob, invite, 487, false);
+        /* Nothing more (the ACK of the 487 is absorbed), and the fork is gone. */
+        _cleanup_free_ char *more = tl_ua_recv_request(&bob, 1000);
+        ck_assert_msg(!more, "unexpected request: %s", strna(more));
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::Router/live-forks"), 0);
+        /* Still one push: the INVITE to the woken phone did not push it again. */
+        json_t *recs = tl_h2_server_records(&apns);
+        ck_assert_uint_eq(json_array_size(recs), 1);
+        json_decref(recs);
+        tl_ua_close(&bob);
+        stop_all();
+}
+END_TEST
+
+/* The wait is bounded: a phone registering after voip-cancel-timeout gets nothing. */
+START_TEST(test_push_voip_cancelled_call_wait_bounded) {
+        struct tl_ua bob;
+        start_all("[module::Router]\nvoip-cancel-timeout=1s\n");
+        call_then_cancel(&bob);
+        for (int i = 0; i < 60 && tl_counter(proxy.sock, "module::Router/live-forks") > 0; i++)
+                usleep(50 * 1000);
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::Router/live-forks"), 0);
+        tl_ua_reopen(&bob);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        _cleanup_free_ char *req = tl_ua_recv_request(&bob, 1500);
+        ck_assert_msg(!req, "request after the wait ended: %s", strna(req));
+        _cleanup_free_ char *log = tl_log(&proxy.proc);
+        ck_assert_msg(strstr(log, "voip-cancel-timeout: ending the call fork"), "no log of the end");
+        tl_ua_close(&bob);
+        stop_all();
+}
+END_TEST
+
+/* Only VoIP-pushed devices are waited for: an Android phone (FCM data push) woken for a call
+ * that was cancelled meanwhile gets nothing, and the fork ends with the 487. */
+START_TEST(test_push_cancelled_call_not_kept_for_fcm) {
+        struct tl_ua bob;
+        with_fcm = true;
+        start_all(NULL);
+        open_bob_fcm(&bob, FCM_PROJECT);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        tl_ua_close(&bob);
+        char remote[64];
+        snprintf(remote, sizeof remote, "127.0.0.1:%d", proxy.port);
+        const char *args[] = {remote, "-m", "1", "-s", "bob", NULL};
+        struct tl_proc caller;
+        tl_sipp_spawn(&caller, "caller", "test/sipp/uac-cancel-push.xml", 0, args);
+        ck_assert_int_eq(tl_sipp_wait(&caller, "caller", 10000), 0);
+        json_decref(fcm_push_checked("call"));
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::Router/live-forks"), 0);
+        tl_ua_reopen(&bob);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        _cleanup_free_ char *req = tl_ua_recv_request(&bob, 1000);
+        ck_assert_msg(!req, "request for an ended call: %s", strna(req));
+        tl_ua_close(&bob);
+        stop_all();
+}
+END_TEST
+
 static size_t bindings_of_bob(void) {
         json_t *j = tl_ctl(proxy.sock, "REGISTRAR_GET sip:bob@localhost");
         size_t n = json_array_size(json_object_get(j, "contacts"));
@@ -429,6 +530,9 @@ static Suite *push_suite(void) {
         tcase_add_test(tc, test_push_dead_token_removes_binding);
         tcase_add_test(tc, test_push_fcm_call_wakes_device);
         tcase_add_test(tc, test_push_fcm_message_wakes_device);
+        tcase_add_test(tc, test_push_voip_cancelled_call_reaches_device);
+        tcase_add_test(tc, test_push_voip_cancelled_call_wait_bounded);
+        tcase_add_test(tc, test_push_cancelled_call_not_kept_for_fcm);
         suite_add_tcase(s, tc);
         return s;
 }
