@@ -7,6 +7,7 @@
  * the INVITE (the call is established, the caller saw "110 Push sent") or the MESSAGE. A
  * device that answers in time is not pushed; push parameters do not leave the proxy. */
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -480,6 +481,87 @@ START_TEST(test_push_cancelled_call_not_kept_for_fcm) {
 }
 END_TEST
 
+/* The binding of bob's device whose contact has text in it, as its JSON text (malloc'd), or
+ * NULL. */
+static char *bob_binding_with(const char *text) {
+        json_t *j = tl_ctl(proxy.sock, "REGISTRAR_GET sip:bob@localhost");
+        json_t *c;
+        size_t i;
+        char *found = NULL;
+        json_array_foreach(json_object_get(j, "contacts"), i, c) {
+                char *dump = json_dumps(c, 0);
+                if (dump && strstr(dump, text)) {
+                        found = dump;
+                        break;
+                }
+                free(dump);
+        }
+        json_decref(j);
+        return found;
+}
+
+/* liblinphone (test/ua/lp-ua) registers with its push notification configuration (RFC 8599
+ * parameters for an iPhone: remote and VoIP tokens): the proxy stores the pn-* parameters of its
+ * Contact; once the client is gone (killed: no unregistration, its port closed), a call to bob
+ * makes a VoIP push with its token at the APNs server. */
+START_TEST(test_push_linphone_registers_push_params) {
+        start_all(NULL);
+        _cleanup_free_ char *bin = tl_build_path("test/ua/lp-ua");
+        char proxy_uri[64];
+        snprintf(proxy_uri, sizeof proxy_uri, "sip:127.0.0.1:%d;transport=udp", proxy.port);
+        char *argv[] = {bin, "--identity", "sip:bob@localhost", "--proxy", proxy_uri,
+                        "--expires", "3600", "--max-time", "30", "--pn-provider", "apns",
+                        "--pn-prid", REMOTE ":remote&" VOIP ":voip", "--pn-param",
+                        TEAM "." BUNDLE ".remote&voip", NULL};
+        struct tl_proc ua;
+        /* Its private directory goes inside ours. */
+        _cleanup_free_ char *tmpdir = getenv("TMPDIR") ? strdup(getenv("TMPDIR")) : NULL;
+        setenv("TMPDIR", tl_tmpdir(), 1);
+        tl_spawn("lp-ua", argv, &ua);
+        if (tmpdir)
+                setenv("TMPDIR", tmpdir, 1);
+        else
+                unsetenv("TMPDIR");
+
+        char *binding = NULL;
+        for (int i = 0; i < 200 && !(binding = bob_binding_with("pn-prid")); i++)
+                usleep(50 * 1000);
+        if (!binding) {
+                _cleanup_free_ char *log = tl_log(&ua);
+                tl_kill(&ua, SIGKILL);
+                ck_abort_msg("no binding with push parameters; lp-ua:\n%s", log);
+        }
+        ck_assert_msg(strstr(binding, "pn-provider=apns"), "binding: %s", binding);
+        ck_assert_msg(strstr(binding, "pn-param=" TEAM "." BUNDLE ".remote"), "binding: %s", binding);
+        ck_assert_msg(strstr(binding, VOIP), "VoIP token not stored: %s", binding);
+        ck_assert_msg(strstr(binding, REMOTE), "remote token not stored: %s", binding);
+        free(binding);
+
+        /* The phone goes to sleep: its process and socket are gone, its binding stays. */
+        tl_kill(&ua, SIGKILL);
+        ck_assert_int_ge(tl_wait(&ua, 5000), 0);
+        free(ua.log);
+
+        char remote[64];
+        snprintf(remote, sizeof remote, "127.0.0.1:%d", proxy.port);
+        const char *args[] = {remote, "-m", "1", "-s", "bob", NULL};
+        struct tl_proc caller;
+        tl_sipp_spawn(&caller, "caller", "test/sipp/uac-cancel-push.xml", 0, args);
+        ck_assert_int_eq(tl_sipp_wait(&caller, "caller", 10000), 0); /* 110 Push sent, ... */
+        json_t *recs = tl_h2_server_wait(&apns, 1, 4000);
+        json_t *rec = json_array_get(recs, 0);
+        ck_assert_str_eq(json_string_value(json_object_get(rec, "path")), "/3/device/" VOIP);
+        ck_assert_str_eq(tl_h2_header(rec, "apns-topic"), BUNDLE ".voip");
+        ck_assert_str_eq(tl_h2_header(rec, "apns-push-type"), "voip");
+        json_t *body = tl_h2_body(rec);
+        ck_assert_str_eq(json_string_value(json_object_get(body, "from-uri")),
+                         "sip:caller@localhost");
+        json_decref(body);
+        json_decref(recs);
+        stop_all();
+}
+END_TEST
+
 static size_t bindings_of_bob(void) {
         json_t *j = tl_ctl(proxy.sock, "REGISTRAR_GET sip:bob@localhost");
         size_t n = json_array_size(json_object_get(j, "contacts"));
@@ -533,6 +615,7 @@ static Suite *push_suite(void) {
         tcase_add_test(tc, test_push_voip_cancelled_call_reaches_device);
         tcase_add_test(tc, test_push_voip_cancelled_call_wait_bounded);
         tcase_add_test(tc, test_push_cancelled_call_not_kept_for_fcm);
+        tcase_add_test(tc, test_push_linphone_registers_push_params);
         suite_add_tcase(s, tc);
         return s;
 }
