@@ -436,6 +436,64 @@ START_TEST(test_push_voip_cancelled_call_reaches_device) {
 }
 END_TEST
 
+/* The same when another device of bob answers: his desk phone takes the call while his iPhone
+ * is being woken; the iPhone, once registered, gets the INVITE and a CANCEL saying the call was
+ * completed elsewhere. */
+START_TEST(test_push_voip_answered_elsewhere_reaches_device) {
+        struct tl_ua bob, desk;
+        start_all(NULL);
+        open_bob(&bob);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        tl_ua_close(&bob);
+        tl_ua_open(&desk, "bob", "urn:uuid:00000000-0000-0000-0000-0000000000d5", proxy.port);
+        ck_assert_int_eq(tl_ua_register(&desk, 3600), 200);
+
+        char remote[64];
+        snprintf(remote, sizeof remote, "127.0.0.1:%d", proxy.port);
+        const char *args[] = {remote, "-m", "1", "-s", "bob", NULL};
+        struct tl_proc caller;
+        tl_sipp_spawn(&caller, "caller", "test/sipp/uac-call-push.xml", 0, args);
+        _cleanup_free_ char *invite = tl_ua_recv_request(&desk, 5000);
+        ck_assert_msg(invite && strncmp(invite, "INVITE ", 7) == 0, "no INVITE at the desk: %s",
+                      strna(invite));
+        json_decref(tl_h2_server_wait(&apns, 1, 4000)); /* the iPhone was pushed (110 sent) */
+        tl_ua_reply(&desk, invite, 180, false);
+        tl_ua_reply(&desk, invite, 200, true);
+        _cleanup_free_ char *ack = tl_ua_recv_request(&desk, 5000);
+        ck_assert_msg(ack && strncmp(ack, "ACK ", 4) == 0, "no ACK: %s", strna(ack));
+        _cleanup_free_ char *bye = tl_ua_recv_request(&desk, 5000);
+        ck_assert_msg(bye && strncmp(bye, "BYE ", 4) == 0, "no BYE: %s", strna(bye));
+        tl_ua_reply(&desk, bye, 200, false);
+        ck_assert_int_eq(tl_sipp_wait(&caller, "caller", 10000), 0);
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::Router/live-forks"), 1);
+
+        tl_ua_reopen(&bob);
+        ck_assert_int_eq(tl_ua_register(&bob, 3600), 200);
+        _cleanup_free_ char *late = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(late && strncmp(late, "INVITE ", 7) == 0, "no INVITE at the iPhone: %s",
+                      strna(late));
+        tl_ua_reply(&bob, late, 180, false);
+        _cleanup_free_ char *cancel = tl_ua_recv_request(&bob, 5000);
+        ck_assert_msg(cancel && strncmp(cancel, "CANCEL ", 7) == 0, "no CANCEL: %s",
+                      strna(cancel));
+        _cleanup_free_ char *reason = tl_sip_header(cancel, "Reason");
+        ck_assert_msg(reason && strstr(reason, "cause=200") &&
+                              strstr(reason, "Call completed elsewhere"),
+                      "Reason: %s", strna(reason));
+        tl_ua_reply(&bob, cancel, 200, false);
+        tl_ua_reply(&bob, late, 487, false);
+        for (int i = 0; i < 40 && tl_counter(proxy.sock, "module::Router/live-forks") > 0; i++)
+                usleep(50 * 1000);
+        ck_assert_int_eq(tl_counter(proxy.sock, "module::Router/live-forks"), 0);
+        /* The desk phone saw nothing more. */
+        _cleanup_free_ char *more = tl_ua_recv_request(&desk, 300);
+        ck_assert_msg(!more, "unexpected request at the desk: %s", strna(more));
+        tl_ua_close(&desk);
+        tl_ua_close(&bob);
+        stop_all();
+}
+END_TEST
+
 /* The wait is bounded: a phone registering after voip-cancel-timeout gets nothing. */
 START_TEST(test_push_voip_cancelled_call_wait_bounded) {
         struct tl_ua bob;
@@ -614,6 +672,7 @@ static Suite *push_suite(void) {
         tcase_add_test(tc, test_push_fcm_message_wakes_device);
         tcase_add_test(tc, test_push_voip_cancelled_call_reaches_device);
         tcase_add_test(tc, test_push_voip_cancelled_call_wait_bounded);
+        tcase_add_test(tc, test_push_voip_answered_elsewhere_reaches_device);
         tcase_add_test(tc, test_push_cancelled_call_not_kept_for_fcm);
         tcase_add_test(tc, test_push_linphone_registers_push_params);
         suite_add_tcase(s, tc);
