@@ -1284,7 +1284,8 @@ static void on_late_timer(struct loop_timer *t, void *userdata) {
                            f->aor, waiting, f->branches ? "" : " (no device registered)");
         else if (f->voip_hold)
                 log_info("voip-cancel-timeout: ending the call fork for '%s'; %u device(s) woken "
-                         "by a VoIP push did not register.", f->aor, waiting);
+                         "by a VoIP push did not get the INVITE and its CANCEL.", f->aor,
+                         waiting);
         else
                 log_info("call-fork-timeout: ending the call fork for '%s'.", f->aor);
         cancel_pending(f, NULL);
