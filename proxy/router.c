@@ -62,6 +62,12 @@ static const struct conf_option router_rows[] = {
          "register meanwhile: a device registering gets the call"},
         {"module::Router", "call-fork-timeout", CONF_DURATION, R(fork.call_fork_timeout_ms), "90s",
          0, 0, 0, "How long a call waits for devices with fork-late", .unit = CONF_UNIT_S},
+        {"module::Router", "voip-cancel-timeout", CONF_DURATION, R(fork.voip_cancel_timeout_ms),
+         "30s", 0, 0, 0,
+         "A call cancelled (or answered elsewhere) while a device woken by an iOS VoIP push has "
+         "not registered yet waits this long for it, within call-fork-timeout, to give it the "
+         "INVITE and then the CANCEL (CallKit); 0 = never",
+         .unit = CONF_UNIT_S},
         {"module::Router", "message-fork-late", CONF_BOOL, R(fork.message_fork_late), "true", 0, 0,
          0,
          "Store-and-forward: a MESSAGE (not is-composing, not Expires: 0) is kept until every "
