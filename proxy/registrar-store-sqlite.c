@@ -334,8 +334,9 @@ static int schema_setup(struct sqlite_store *st) {
                 return r;
         int version = schema_version(st);
         if (version > SCHEMA_VERSION) {
-                log_debug("Registrar database schema version %d is newer than %d.", version,
-                          SCHEMA_VERSION);
+                log_error("The registrar database has schema version %d, newer than this "
+                          "proxy's (%d): written by a newer sipfleet-proxy?",
+                          version, SCHEMA_VERSION);
                 r = -EPROTO;
         } else if (version < 0)
                 r = version;
