@@ -1309,9 +1309,11 @@ static void late_register_one(struct fork *f, const struct registrar_record *rec
                 return;
         const url_t *ruri = sip_object(f->request)->sip_request->rq_url;
         bool sips = ruri->url_type == url_sips;
+        uint64_t now = realtime_msec();
         for (size_t i = 0; i < rec->n_bindings; i++) {
                 const struct registrar_binding *bd = &rec->bindings[i];
-                if (!bd->unique_id || (sips && !contact_secure(bd->contact)))
+                if (!bd->unique_id || (sips && !contact_secure(bd->contact)) ||
+                    !registrar_binding_routable(bd, now, f->kind == FORK_MESSAGE))
                         continue;
                 if (f->instance) {
                         _cleanup_free_ char *instance = registrar_gruu_instance(bd->unique_id);

@@ -235,7 +235,7 @@ static int internal_dump(struct registrar_store *s, registrar_dump_fn cb, void *
                 for (struct entry *e = st->buckets[b]; e; e = e->next) {
                         bool live = false;
                         for (size_t i = 0; i < e->rec.n_bindings && !live; i++)
-                                live = e->rec.bindings[i].expires_at > now;
+                                live = registrar_binding_kept_until(&e->rec.bindings[i]) > now;
                         if (live && strv_extend(&aors, e->rec.aor) < 0)
                                 return -ENOMEM;
                 }
@@ -252,7 +252,7 @@ static int internal_purge(struct registrar_store *s, uint64_t now, registrar_don
                         const struct registrar_record *rec = &(*e)->rec;
                         size_t expired = 0;
                         for (size_t i = 0; i < rec->n_bindings; i++)
-                                expired += rec->bindings[i].expires_at <= now;
+                                expired += registrar_binding_kept_until(&rec->bindings[i]) <= now;
                         if (expired == rec->n_bindings) {
                                 removed += (int)expired;
                                 entry_unlink(st, e);
