@@ -67,6 +67,8 @@ struct fork_branch {
         bool timer_c_fired; /* a 487 after Timer C counts as 408 */
         bool queued;        /* a MESSAGE waiting for the older ones to this device */
         bool superseded;    /* a newer branch to the same device replaced it */
+        bool voip_pushed;   /* its device was woken by an iOS VoIP push */
+        bool cancel_after_send; /* the call ended: INVITE then CANCEL (iOS VoIP) */
         fork_branch_observer_fn observer;
         void *observer_data;
         unsigned held;      /* responses held by a response hook (fork_branch_release) */
@@ -120,6 +122,8 @@ struct fork {
         char **used_keys;    /* fork_branch_first_use() */
         char **challenges;   /* WWW-/Proxy-Authenticate of every 401/407 branch, as text */
         char *cancel_reason; /* Reason of the CANCELs we send */
+        char *end_reason;    /* Reason of the first cancel_pending(), for VoIP-woken devices */
+        bool voip_hold;      /* answered, kept open for devices woken by a VoIP push */
         unsigned busy;       /* re-entrancy guard: completion is checked at the outermost */
         bool freed;
 };
@@ -262,6 +266,7 @@ static void fork_free(struct fork *f) {
         if (f->best)
                 msg_destroy(f->best);
         free(f->cancel_reason);
+        free(f->end_reason);
         strv_free(f->used_keys);
         strv_free(f->challenges);
         free(f->instance);
@@ -454,6 +459,8 @@ static void branch_cancel(struct fork_branch *b, const char *reason) {
 }
 
 static void cancel_pending(struct fork *f, const char *reason) {
+        if (!f->cancelling && reason && !(f->end_reason = strdup(reason)))
+                log_oom();
         f->cancelling = true;
         for (struct fork_branch *b = f->branches; b; b = b->next)
                 branch_cancel(b, reason);
@@ -626,7 +633,8 @@ void fork_branch_send(struct fork_branch *b, msg_t *msg) {
         f->busy++;
         b->sent = true;
         /* A stored message goes on after the sender's answer (202); a call does not. */
-        if (b->cancelled || (f->final_status && !(f->kind == FORK_MESSAGE && f->late))) {
+        if (b->cancelled || (f->final_status && !(f->kind == FORK_MESSAGE && f->late) &&
+                             !b->cancel_after_send)) {
                 msg_destroy(msg);
                 branch_final(b, SIP_487_REQUEST_TERMINATED, NULL);
                 goto out;
@@ -640,6 +648,11 @@ void fork_branch_send(struct fork_branch *b, msg_t *msg) {
         }
         if (f->invite && loop_timer_new(daemon_loop(p->daemon), on_timer_c, b, &b->timer_c) >= 0)
                 loop_timer_arm(b->timer_c, f->config->timer_c_ms);
+        if (b->cancel_after_send) {
+                /* nta sends it once the device answered provisionally (RFC 3261 §9.1). */
+                log_info("INVITE to the device woken by a VoIP push, and its CANCEL.");
+                branch_cancel(b, f->end_reason);
+        }
 out:
         f->busy--;
         fork_check(f);
@@ -665,6 +678,10 @@ bool fork_branch_first_use(struct fork_branch *b, const char *key) {
         if (strv_extend(&f->used_keys, key) < 0)
                 log_oom();
         return true;
+}
+
+void fork_branch_voip_pushed(struct fork_branch *b) {
+        b->voip_pushed = true;
 }
 
 void fork_branch_push_sent(struct fork_branch *b) {
@@ -776,13 +793,18 @@ static void branch_dispatch(struct fork_branch *b) {
         proxy_request_branch(f->proxy, &f->origin, b, msg);
 }
 
+/* replaces: the branch to the same device it takes over from (its push state goes on), or
+ * NULL. */
 static struct fork_branch *start_branch(struct fork *f, const char *uri, const char *uid,
-                                        char *const *routes) {
+                                        char *const *routes, struct fork_branch *replaces) {
         struct fork_branch *b;
         if (branch_new(f, uri, uid, routes, &b) < 0) {
                 log_oom();
                 return NULL;
         }
+        if (replaces)
+                b->voip_pushed = replaces->voip_pushed;
+        b->cancel_after_send = f->invite && f->cancelling;
         if (f->kind == FORK_MESSAGE && f->late && uid && f->key) {
                 /* One stored message in flight per device, oldest first. */
                 b->queued = true;
@@ -794,7 +816,7 @@ static struct fork_branch *start_branch(struct fork *f, const char *uri, const c
 
 static void start_target(struct fork *f, const struct target *t) {
         log_debug("Target '%.*s' (q=%u).", LOG_URI(t->uri), t->q);
-        start_branch(f, t->uri, t->uid, t->routes);
+        start_branch(f, t->uri, t->uid, t->routes, NULL);
 }
 
 static void start_next_group(struct fork *f) {
@@ -821,12 +843,42 @@ static void on_group_timer(struct loop_timer *t, void *userdata) {
         log_set_sip_context(NULL);
 }
 
+/* Is an ended call waiting for a device woken by a VoIP push, which must get the INVITE and
+ * its CANCEL? */
+static bool voip_waiting(struct fork *f) {
+        if (!f->late || f->late_expired || f->kind != FORK_CALL ||
+            !f->config->voip_cancel_timeout_ms)
+                return false;
+        for (struct fork_branch *b = f->branches; b; b = b->next)
+                if (!b->superseded && b->voip_pushed && b->done && unreachable(b->status))
+                        return true;
+        return false;
+}
+
+/* The call ended while devices woken by a VoIP push were still away: the caller gets its
+ * answer now, the fork stays for them only, voip-cancel-timeout at most. */
+static void voip_hold(struct fork *f) {
+        if (f->voip_hold)
+                return;
+        f->voip_hold = true;
+        if (!f->final_status)
+                send_best(f);
+        uint64_t now = realtime_msec();
+        uint64_t left = f->expires_at > now ? f->expires_at - now : 0;
+        uint64_t wait = MIN(left, f->config->voip_cancel_timeout_ms);
+        log_info("Call for '%s' ended (%d): waiting %" PRIu64 " ms for the devices woken by a "
+                 "VoIP push, to give them the INVITE and its CANCEL.",
+                 f->aor, f->final_status, wait);
+        if (f->late_timer)
+                loop_timer_arm(f->late_timer, wait);
+}
+
 /* Does the fork wait for devices to register (again)? */
 static bool late_waiting(struct fork *f) {
         if (!f->late || f->late_expired)
                 return false;
         if (f->kind == FORK_CALL && (f->cancelling || f->final_status))
-                return false;
+                return voip_waiting(f);
         if (!f->branches)
                 return f->kind == FORK_MESSAGE; /* no device yet */
         for (struct fork_branch *b = f->branches; b; b = b->next)
@@ -856,6 +908,8 @@ static void fork_check(struct fork *f) {
                          * learns now that it was accepted. */
                         if (f->kind == FORK_MESSAGE && !f->final_status)
                                 send_upstream(f, 202, "Accepted", NULL);
+                        else if (f->kind == FORK_CALL && (f->cancelling || f->final_status))
+                                voip_hold(f);
                         break;
                 }
                 if (!f->final_status)
@@ -871,8 +925,9 @@ static void fork_check(struct fork *f) {
                 fork_free(f);
                 return;
         }
-        if (f->req && f->final_status && f->kind == FORK_MESSAGE && f->late) {
-                /* Answered: the sender's transaction ends, the message waits on. */
+        if (f->req && f->final_status && ((f->kind == FORK_MESSAGE && f->late) || f->voip_hold)) {
+                /* Answered: the sender's transaction ends, the message (or the INVITE for the
+                 * devices woken by a VoIP push) waits on. */
                 struct proxy_request *req = f->req;
                 f->req = NULL;
                 req->fork = NULL;
@@ -1227,6 +1282,10 @@ static void on_late_timer(struct loop_timer *t, void *userdata) {
         if (f->kind == FORK_MESSAGE)
                 log_notice("Message for '%s' expired: dropped, %u device(s) did not get it%s.",
                            f->aor, waiting, f->branches ? "" : " (no device registered)");
+        else if (f->voip_hold)
+                log_info("voip-cancel-timeout: ending the call fork for '%s'; %u device(s) woken "
+                         "by a VoIP push did not get the INVITE and its CANCEL.", f->aor,
+                         waiting);
         else
                 log_info("call-fork-timeout: ending the call fork for '%s'.", f->aor);
         cancel_pending(f, NULL);
@@ -1245,13 +1304,16 @@ static bool contact_secure(const char *uri) {
 static void late_register_one(struct fork *f, const struct registrar_record *rec) {
         if (f->late_expired || f->freed)
                 return;
-        if (f->kind == FORK_CALL && (f->final_status || f->cancelling))
+        bool ended = f->kind == FORK_CALL && (f->final_status || f->cancelling);
+        if (ended && !voip_waiting(f))
                 return;
         const url_t *ruri = sip_object(f->request)->sip_request->rq_url;
         bool sips = ruri->url_type == url_sips;
+        uint64_t now = realtime_msec();
         for (size_t i = 0; i < rec->n_bindings; i++) {
                 const struct registrar_binding *bd = &rec->bindings[i];
-                if (!bd->unique_id || (sips && !contact_secure(bd->contact)))
+                if (!bd->unique_id || (sips && !contact_secure(bd->contact)) ||
+                    !registrar_binding_routable(bd, now, f->kind == FORK_MESSAGE))
                         continue;
                 if (f->instance) {
                         _cleanup_free_ char *instance = registrar_gruu_instance(bd->unique_id);
@@ -1259,10 +1321,21 @@ static void late_register_one(struct fork *f, const struct registrar_record *rec
                                 continue;
                 }
                 struct fork_branch *b = current_branch(f, bd->unique_id);
+                if (ended) {
+                        /* Only the devices woken by a VoIP push: INVITE, then CANCEL. */
+                        if (!b || !b->voip_pushed || !b->done || !unreachable(b->status))
+                                continue;
+                        log_info("Device '%s' of '%s', woken by a VoIP push, registered after "
+                                 "the call ended: INVITE then CANCEL.",
+                                 log_uid(bd->unique_id), f->aor);
+                        b->superseded = true;
+                        start_branch(f, bd->contact, bd->unique_id, bd->path, b);
+                        continue;
+                }
                 if (!b) {
                         log_info("Device '%s' of '%s' registered: new branch.", log_uid(bd->unique_id),
                                  f->aor);
-                        start_branch(f, bd->contact, bd->unique_id, bd->path);
+                        start_branch(f, bd->contact, bd->unique_id, bd->path, NULL);
                 } else if (b->queued) {
                         /* Not sent yet: it goes to where the device is now. */
                         char *uri = strdup(bd->contact);
@@ -1282,7 +1355,7 @@ static void late_register_one(struct fork *f, const struct registrar_record *rec
                         log_info("Device '%s' of '%s' registered again: sending again.",
                                  log_uid(bd->unique_id), f->aor);
                         b->superseded = true;
-                        start_branch(f, bd->contact, bd->unique_id, bd->path);
+                        start_branch(f, bd->contact, bd->unique_id, bd->path, b);
                 } else if (b->status <= 100 && !registrar_uri_equal(b->uri, bd->contact)) {
                         /* Silent, and it moved (new connection, new address). */
                         log_info("Device '%s' of '%s' moved: sending again.", log_uid(bd->unique_id),
@@ -1290,7 +1363,7 @@ static void late_register_one(struct fork *f, const struct registrar_record *rec
                         if (f->invite)
                                 branch_cancel(b, NULL);
                         b->superseded = true;
-                        start_branch(f, bd->contact, bd->unique_id, bd->path);
+                        start_branch(f, bd->contact, bd->unique_id, bd->path, b);
                 }
         }
 }

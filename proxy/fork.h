@@ -23,7 +23,14 @@
  * nothing more. Calls wait call-fork-timeout; MESSAGEs get 202 Accepted after
  * message-accept-timeout, wait message-delivery-timeout, reach each device once and in the
  * order they were received (one message in flight per device), and are kept in the message
- * store so that a restart loses none (fork_restore). */
+ * store so that a restart loses none (fork_restore).
+ *
+ * iOS VoIP (PushKit): an app woken by a VoIP push must report a call to CallKit, so the device
+ * must get the INVITE even when the call ended meanwhile. A call fork whose INVITE is cancelled
+ * by the caller (or answered elsewhere, or declined everywhere) while a device it pushed with a
+ * VoIP push (fork_branch_voip_pushed) is still unreachable answers the caller at once (487...)
+ * but stays open voip-cancel-timeout (within call-fork-timeout) for those devices only: when
+ * one registers it gets the INVITE, then a CANCEL for it with the same Reason. */
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -42,6 +49,7 @@ struct fork_config {
         bool fork_late;            /* INVITE */
         bool message_fork_late;
         uint64_t call_fork_timeout_ms;
+        uint64_t voip_cancel_timeout_ms; /* a cancelled call waits for VoIP-pushed devices */
         uint64_t message_delivery_timeout_ms;
         uint64_t message_accept_timeout_ms;
         int64_t max_pending_messages_per_aor;
@@ -103,6 +111,9 @@ void fork_branch_unobserve(struct fork_branch *b);
 /* Records key (e.g. the push token) on the branch's fork: true the first time, false when a
  * branch of the same fork recorded it before (a device re-dispatched after it registered). */
 bool fork_branch_first_use(struct fork_branch *b, const char *key);
+/* The branch's device was woken with an iOS VoIP (PushKit) push: if the call ends before it
+ * registers, it still gets the INVITE then the CANCEL (see above). */
+void fork_branch_voip_pushed(struct fork_branch *b);
 /* "110 Push sent" to an INVITE's caller, once per fork, while no final answer was sent. */
 void fork_branch_push_sent(struct fork_branch *b);
 /* The request of the branch's fork as received (for From, Call-ID...). */

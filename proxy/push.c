@@ -6,7 +6,9 @@
  * unreachable (503, 408), never when the device answers first. The job goes to sipfleet-pushd,
  * through its Redis Stream when `redis-server` is set, else by POST to `pushd-url`; the caller
  * of an INVITE gets "110 Push sent" once. With fork-late the device, once awake, registers and
- * gets the request on its new contact (fork.c). Dead tokens that pushd publishes remove their
+ * gets the request on its new contact (fork.c). A device woken by an APNs VoIP push is marked
+ * on its branch: if the call ends before it registers, fork.c still gives it the INVITE and
+ * then the CANCEL, as CallKit requires. Dead tokens that pushd publishes remove their
  * binding.
  *
  * Push parameters (RFC 8599 in the contact URI): pn-provider (apns, apns.dev, fcm; android and
@@ -292,6 +294,7 @@ struct push_ctx {
         struct loop_timer *timer;
         char *job;
         char *what; /* for logs: "call to '<aor>' device '<uid>'" */
+        bool voip;  /* an APNs VoIP (PushKit) push: the device must then get the INVITE */
 };
 
 static void ctx_free(struct push_ctx *c) {
@@ -364,6 +367,8 @@ static void ctx_send(struct push_ctx *c) {
                 log_warning_errno(r, "Failed to send the push for the %s: %m", c->what);
         } else {
                 log_info("Push sent for the %s.", c->what);
+                if (c->voip)
+                        fork_branch_voip_pushed(c->branch);
                 fork_branch_push_sent(c->branch);
         }
 }
@@ -429,6 +434,7 @@ static enum module_result push_request(struct module *m, struct proxy_request *r
         c->pm = pm;
         pm->pending++;
         c->branch = b;
+        c->voip = t.provider == PUSH_APNS && streq(kind, "call") && t.voip_token;
         c->job = push_job_json(&t, fork_branch_request(b), kind, ttl / 1000, id);
         if (!c->job || asprintf(&c->what, "%s to '%s'", kind, aor ? aor : "?") < 0)
                 goto oom;

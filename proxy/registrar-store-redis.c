@@ -7,9 +7,12 @@
  *       "v"                 version token (random hex), replaced by every write
  *       "c:<unique-id>"     one binding: a JSON object {"contact", "params", "generated",
  *                           "call-id", "cseq", "expires-at", "update-time" (CLOCK_REALTIME ms),
- *                           "q" (thousandths), "path" [...], "user-agent", "pos"}
- *     with PEXPIREAT at the latest "expires-at" of its bindings, so Redis drops an AOR whose
- *     last binding expired; expired bindings of a live AOR go at its next write or purge.
+ *                           "q" (thousandths), "path" [...], "user-agent", "pos", and
+ *                           "message-expires-at" (ms) when the contact is kept routable for
+ *                           MESSAGE past its expiry}
+ *     with PEXPIREAT at the latest time one of its bindings is kept (the later of
+ *     "expires-at" and "message-expires-at"), so Redis drops an AOR whose last binding went;
+ *     the bindings gone of a kept AOR are removed at its next write or purge.
  *   channel <prefix><user>@<host> (same name as the key): after each write that bound or
  *     refreshed devices, one PUBLISH per such device, payload its unique id.
  *
@@ -56,8 +59,8 @@ static const char write_script[] =
         "for i = 1, n do redis.call('PUBLISH', ARGV[4], ARGV[5 + i]) end\n"
         "return 1\n";
 
-/* KEYS: AOR hashes. ARGV: [1] now (ms), [2] new version. Drops the bindings expired at now.
- * Returns {bindings removed, AORs still holding a binding}. */
+/* KEYS: AOR hashes. ARGV: [1] now (ms), [2] new version. Drops the bindings no longer kept at
+ * now. Returns {bindings removed, AORs still holding a binding}. */
 static const char purge_script[] =
         "local now = tonumber(ARGV[1])\n"
         "local removed, live_keys = 0, 0\n"
@@ -69,6 +72,8 @@ static const char purge_script[] =
         "      if string.sub(all[j], 1, 2) == 'c:' then\n"
         "        local ok, b = pcall(cjson.decode, all[j + 1])\n"
         "        local at = ok and type(b) == 'table' and tonumber(b['expires-at'])\n"
+        "        local mat = at and tonumber(b['message-expires-at'])\n"
+        "        if mat and mat > at then at = mat end\n"
         "        if at and at <= now then\n"
         "          redis.call('HDEL', k, all[j])\n"
         "          dropped = dropped + 1\n"
@@ -215,6 +220,9 @@ static char *binding_to_json(const struct registrar_binding *b, size_t pos) {
                               "user-agent", b->user_agent, "pos", (json_int_t)pos);
         if (!o)
                 return NULL;
+        if (b->message_expires_at > b->expires_at)
+                json_object_set_new(o, "message-expires-at",
+                                    json_integer((json_int_t)b->message_expires_at));
         char *s = json_dumps(o, JSON_COMPACT);
         json_decref(o);
         return s;
@@ -243,6 +251,8 @@ static int binding_from_json(const char *uid, const char *text, size_t len,
         b->cseq = (uint32_t)json_integer_value(json_object_get(o, "cseq"));
         b->expires_at = (uint64_t)json_integer_value(json_object_get(o, "expires-at"));
         b->update_time = (uint64_t)json_integer_value(json_object_get(o, "update-time"));
+        b->message_expires_at =
+                (uint64_t)json_integer_value(json_object_get(o, "message-expires-at"));
         json_t *q = json_object_get(o, "q");
         b->q = json_is_integer(q) ? (unsigned)json_integer_value(q) : 1000;
         b->user_agent = json_strdup(o, "user-agent");
@@ -694,7 +704,7 @@ static int op_write(struct op *op, const char *version) {
         if (k < 0)
                 return k;
         for (size_t i = 0; i < rec->n_bindings; i++) {
-                expire_at = MAX(expire_at, rec->bindings[i].expires_at);
+                expire_at = MAX(expire_at, registrar_binding_kept_until(&rec->bindings[i]));
                 if (op->kind == OP_APPLY && rec->bindings[i].update_time == op->u.now)
                         n_pub++;
         }

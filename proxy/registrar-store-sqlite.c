@@ -3,7 +3,8 @@
  * operation runs synchronously on the loop's thread (local file, short transactions); the
  * completions are deferred to the loop like every store's.
  *
- * Schema (version 1, PRAGMA user_version):
+ * Schema (version 2, PRAGMA user_version; a version 1 file gets the message_expires_at column
+ * and the new index when opened):
  *   CREATE TABLE bindings (
  *           aor TEXT NOT NULL,            -- "sip:user@host"
  *           unique_id TEXT NOT NULL,      -- +sip.instance value or generated "gen-..." id
@@ -12,16 +13,18 @@
  *           params TEXT,                  -- other contact parameters, ";"-joined
  *           call_id TEXT,
  *           cseq INTEGER NOT NULL,
- *           expires_at INTEGER NOT NULL,  -- CLOCK_REALTIME ms
+ *           expires_at INTEGER NOT NULL,  -- CLOCK_REALTIME ms, the SIP expiry
  *           update_time INTEGER NOT NULL, -- CLOCK_REALTIME ms
  *           q INTEGER NOT NULL,           -- thousandths
  *           path TEXT,                    -- Path values joined with "\n"
  *           user_agent TEXT,
  *           position INTEGER NOT NULL,    -- order inside the record
+ *           message_expires_at INTEGER NOT NULL DEFAULT 0, -- CLOCK_REALTIME ms; 0: none
  *           PRIMARY KEY (aor, unique_id));
- *   CREATE INDEX bindings_expires_at ON bindings (expires_at);
+ *   CREATE INDEX bindings_kept_until ON bindings (MAX(expires_at, message_expires_at));
  * An update rewrites the AOR's rows in one transaction (read, apply in memory, write back). */
 #define LOG_SUBSYSTEM LOG_registrar
+#include <assert.h>
 #include <sqlite3.h>
 
 #include "log.h"
@@ -29,11 +32,23 @@
 #include "macro.h"
 #include "registrar-store.h"
 
+/* Statements are prepared once and kept, keyed by their SQL text's address (the literals
+ * below); there are fewer of them than slots. */
+#define N_STATEMENTS 16
+
 struct sqlite_store {
         struct registrar_store base;
         struct registrar_deferred *deferred;
         sqlite3 *db;
+        struct {
+                const char *sql;
+                sqlite3_stmt *stmt;
+        } statements[N_STATEMENTS];
 };
+
+#define SCHEMA_VERSION 2
+/* How long a binding is kept (the index and the purge use the same expression). */
+#define KEPT_UNTIL "MAX(expires_at, message_expires_at)"
 
 static const char schema[] =
         "CREATE TABLE IF NOT EXISTS bindings ("
@@ -41,23 +56,44 @@ static const char schema[] =
         " contact TEXT NOT NULL, params TEXT, call_id TEXT, cseq INTEGER NOT NULL,"
         " expires_at INTEGER NOT NULL, update_time INTEGER NOT NULL, q INTEGER NOT NULL,"
         " path TEXT, user_agent TEXT, position INTEGER NOT NULL,"
-        " PRIMARY KEY (aor, unique_id));"
-        "CREATE INDEX IF NOT EXISTS bindings_expires_at ON bindings (expires_at);"
-        "PRAGMA user_version = 1;";
+        " message_expires_at INTEGER NOT NULL DEFAULT 0,"
+        " PRIMARY KEY (aor, unique_id));";
+/* From version 1 (no message_expires_at). */
+static const char upgrade_1[] =
+        "ALTER TABLE bindings ADD COLUMN message_expires_at INTEGER NOT NULL DEFAULT 0;";
+static const char indexes[] =
+        "DROP INDEX IF EXISTS bindings_expires_at;"
+        "CREATE INDEX IF NOT EXISTS bindings_kept_until ON bindings (" KEPT_UNTIL ");"
+        "PRAGMA user_version = 2;";
 
 static int sql_error(struct sqlite_store *st, const char *what) {
         log_debug("SQLite %s failed: %s", what, sqlite3_errmsg(st->db));
         return -EIO;
 }
 
-static void finalizep(sqlite3_stmt **s) {
-        sqlite3_finalize(*s);
+/* Hands a kept statement back, ready for its next use. */
+static void releasep(sqlite3_stmt **s) {
+        if (*s) {
+                sqlite3_reset(*s);
+                sqlite3_clear_bindings(*s);
+        }
 }
-#define _cleanup_stmt_ _cleanup_(finalizep)
+#define _cleanup_stmt_ _cleanup_(releasep)
 
+/* The statement for sql, a string literal: prepared at its first use, then kept. */
 static int prepare(struct sqlite_store *st, const char *sql, sqlite3_stmt **ret) {
-        if (sqlite3_prepare_v2(st->db, sql, -1, ret, NULL) != SQLITE_OK)
+        size_t i = 0;
+        for (; i < N_STATEMENTS && st->statements[i].sql; i++)
+                if (st->statements[i].sql == sql) {
+                        *ret = st->statements[i].stmt;
+                        return 0;
+                }
+        assert(i < N_STATEMENTS);
+        if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, ret, NULL) !=
+            SQLITE_OK)
                 return sql_error(st, "prepare");
+        st->statements[i].sql = sql;
+        st->statements[i].stmt = *ret;
         return 0;
 }
 
@@ -75,7 +111,8 @@ static int load(struct sqlite_store *st, const char *aor, struct registrar_recor
                 return -ENOMEM;
         r = prepare(st,
                     "SELECT unique_id, generated_id, contact, params, call_id, cseq, expires_at,"
-                    " update_time, q, path, user_agent FROM bindings WHERE aor = ?"
+                    " update_time, q, path, user_agent, message_expires_at FROM bindings"
+                    " WHERE aor = ?"
                     " ORDER BY position",
                     &s);
         if (r < 0)
@@ -99,6 +136,7 @@ static int load(struct sqlite_store *st, const char *aor, struct registrar_recor
                         .update_time = (uint64_t)sqlite3_column_int64(s, 7),
                         .q = (unsigned)sqlite3_column_int(s, 8),
                         .user_agent = column_strdup(s, 10),
+                        .message_expires_at = (uint64_t)sqlite3_column_int64(s, 11),
                 };
                 const unsigned char *path = sqlite3_column_text(s, 9);
                 if (path && !(b->path = strv_split((const char *)path, "\n")))
@@ -118,6 +156,17 @@ static int exec(struct sqlite_store *st, const char *sql) {
         return 0;
 }
 
+/* One statement without results, kept prepared (BEGIN, COMMIT, ROLLBACK). */
+static int run(struct sqlite_store *st, const char *sql) {
+        _cleanup_stmt_ sqlite3_stmt *s = NULL;
+        int r = prepare(st, sql, &s);
+        if (r < 0)
+                return r;
+        if (sqlite3_step(s) != SQLITE_DONE)
+                return sql_error(st, sql);
+        return 0;
+}
+
 static int delete_aor(struct sqlite_store *st, const char *aor) {
         _cleanup_stmt_ sqlite3_stmt *s = NULL;
         int r = prepare(st, "DELETE FROM bindings WHERE aor = ?", &s);
@@ -132,7 +181,7 @@ static int delete_aor(struct sqlite_store *st, const char *aor) {
 /* Replace the rows of rec->aor with rec, in one transaction. */
 static int save(struct sqlite_store *st, const struct registrar_record *rec) {
         _cleanup_stmt_ sqlite3_stmt *s = NULL;
-        int r = exec(st, "BEGIN IMMEDIATE");
+        int r = run(st, "BEGIN IMMEDIATE");
         if (r < 0)
                 return r;
         r = delete_aor(st, rec->aor);
@@ -140,7 +189,8 @@ static int save(struct sqlite_store *st, const struct registrar_record *rec) {
                 r = prepare(st,
                             "INSERT INTO bindings (aor, unique_id, generated_id, contact, params,"
                             " call_id, cseq, expires_at, update_time, q, path, user_agent,"
-                            " position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            " position, message_expires_at)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             &s);
         for (size_t i = 0; r >= 0 && i < rec->n_bindings; i++) {
                 const struct registrar_binding *b = &rec->bindings[i];
@@ -163,14 +213,15 @@ static int save(struct sqlite_store *st, const struct registrar_record *rec) {
                 sqlite3_bind_text(s, 11, path, -1, SQLITE_TRANSIENT);
                 sqlite3_bind_text(s, 12, b->user_agent, -1, SQLITE_STATIC);
                 sqlite3_bind_int64(s, 13, (sqlite3_int64)i);
+                sqlite3_bind_int64(s, 14, (sqlite3_int64)b->message_expires_at);
                 if (sqlite3_step(s) != SQLITE_DONE)
                         r = sql_error(st, "insert");
         }
         if (r < 0) {
-                exec(st, "ROLLBACK");
+                run(st, "ROLLBACK");
                 return r;
         }
-        return exec(st, "COMMIT");
+        return run(st, "COMMIT");
 }
 
 /* Store rec and complete with it. Takes rec. */
@@ -247,7 +298,7 @@ static int sqlite_dump(struct registrar_store *s, registrar_dump_fn cb, void *us
         int r;
         if (!aors)
                 return -ENOMEM;
-        r = prepare(st, "SELECT DISTINCT aor FROM bindings WHERE expires_at > ? ORDER BY aor",
+        r = prepare(st, "SELECT DISTINCT aor FROM bindings WHERE " KEPT_UNTIL " > ? ORDER BY aor",
                     &q);
         if (r < 0)
                 return r;
@@ -264,7 +315,7 @@ static int sqlite_purge(struct registrar_store *s, uint64_t now, registrar_done_
                         void *userdata) {
         struct sqlite_store *st = (struct sqlite_store *)s;
         _cleanup_stmt_ sqlite3_stmt *q = NULL;
-        int r = prepare(st, "DELETE FROM bindings WHERE expires_at <= ?", &q);
+        int r = prepare(st, "DELETE FROM bindings WHERE " KEPT_UNTIL " <= ?", &q);
         if (r < 0)
                 return r;
         sqlite3_bind_int64(q, 1, (sqlite3_int64)now);
@@ -285,6 +336,8 @@ static uint64_t sqlite_n_aors(struct registrar_store *s) {
 static void sqlite_free(struct registrar_store *s) {
         struct sqlite_store *st = (struct sqlite_store *)s;
         registrar_deferred_free(st->deferred);
+        for (size_t i = 0; i < N_STATEMENTS; i++)
+                sqlite3_finalize(st->statements[i].stmt);
         sqlite3_close(st->db);
         free(st);
 }
@@ -300,6 +353,42 @@ static const struct registrar_store_ops sqlite_ops = {
         .n_aors = sqlite_n_aors,
         .free = sqlite_free,
 };
+
+static int schema_version(struct sqlite_store *st) {
+        _cleanup_stmt_ sqlite3_stmt *q = NULL;
+        int r = prepare(st, "PRAGMA user_version", &q);
+        if (r < 0)
+                return r;
+        if (sqlite3_step(q) != SQLITE_ROW)
+                return sql_error(st, "user_version");
+        return sqlite3_column_int(q, 0);
+}
+
+/* Create the tables, or bring an older file up to SCHEMA_VERSION, in one transaction. */
+static int schema_setup(struct sqlite_store *st) {
+        int r = exec(st, "BEGIN IMMEDIATE");
+        if (r < 0)
+                return r;
+        int version = schema_version(st);
+        if (version > SCHEMA_VERSION) {
+                log_error("The registrar database has schema version %d, newer than this "
+                          "proxy's (%d): written by a newer sipfleet-proxy?",
+                          version, SCHEMA_VERSION);
+                r = -EPROTO;
+        } else if (version < 0)
+                r = version;
+        else if (version == 1)
+                r = exec(st, upgrade_1);
+        else
+                r = exec(st, schema);
+        if (r >= 0)
+                r = exec(st, indexes);
+        if (r < 0) {
+                exec(st, "ROLLBACK");
+                return r;
+        }
+        return exec(st, "COMMIT");
+}
 
 int registrar_store_sqlite_new(struct loop *l, const char *path, struct registrar_store **ret) {
         struct sqlite_store *st = calloc(1, sizeof *st);
@@ -320,8 +409,12 @@ int registrar_store_sqlite_new(struct loop *l, const char *path, struct registra
                 r = -EIO;
         } else if (sqlite3_busy_timeout(st->db, 1000) != SQLITE_OK)
                 r = sql_error(st, "busy_timeout");
-        else if ((r = exec(st, "PRAGMA journal_mode = WAL")) >= 0)
-                r = exec(st, schema);
+        /* WAL with synchronous=NORMAL: a commit is in the log file before the REGISTER is
+         * answered, so a crash or SIGKILL of the proxy loses nothing; only a power loss can
+         * drop the last commits (those clients register again at their next refresh). FULL
+         * would add an fsync to every REGISTER. */
+        else if ((r = exec(st, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL")) >= 0)
+                r = schema_setup(st);
         if (r < 0) {
                 sqlite_free(&st->base);
                 return r;

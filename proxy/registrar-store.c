@@ -81,30 +81,40 @@ bool registrar_uri_equal(const char *a, const char *b) {
         return eq;
 }
 
+static json_t *binding_to_json(const struct registrar_binding *b, uint64_t now) {
+        json_t *path = json_array();
+        STRV_FOREACH(p, b->path)
+                json_array_append_new(path, json_string(*p));
+        char q[16];
+        snprintf(q, sizeof q, "%u.%03u", b->q / 1000, b->q % 1000);
+        json_t *o = json_pack(
+                "{s:s, s:I, s:I, s:s, s:s, s:s, s:I, s:s, s:I, s:o, s:s?}", "contact",
+                b->contact, "expires-at", (json_int_t)(b->expires_at / 1000), "expires",
+                (json_int_t)(b->expires_at > now ? (b->expires_at - now + 999) / 1000 : 0), "q",
+                q, "unique-id", b->unique_id, "call-id", strempty(b->call_id), "cseq",
+                (json_int_t)b->cseq, "user-agent", strempty(b->user_agent), "update-time",
+                (json_int_t)(b->update_time / 1000), "path", path, "params", b->params);
+        if (o && b->message_expires_at > b->expires_at) {
+                uint64_t at = b->message_expires_at;
+                json_object_set_new(o, "message-expires-at", json_integer((json_int_t)(at / 1000)));
+                json_object_set_new(o, "message-expires",
+                                    json_integer((json_int_t)(at > now ? (at - now + 999) / 1000
+                                                                       : 0)));
+        }
+        return o;
+}
+
 json_t *registrar_record_to_json(const struct registrar_record *r, uint64_t now) {
-        json_t *contacts = json_array();
+        json_t *contacts = json_array(), *message_only = json_array();
         for (size_t i = 0; i < r->n_bindings; i++) {
                 const struct registrar_binding *b = &r->bindings[i];
-                json_t *path = json_array();
-                STRV_FOREACH(p, b->path)
-                        json_array_append_new(path, json_string(*p));
-                char q[16];
-                snprintf(q, sizeof q, "%u.%03u", b->q / 1000, b->q % 1000);
-                json_array_append_new(
-                        contacts,
-                        json_pack("{s:s, s:I, s:I, s:s, s:s, s:s, s:I, s:s, s:I, s:o, s:s?}",
-                                  "contact", b->contact, "expires-at",
-                                  (json_int_t)(b->expires_at / 1000), "expires",
-                                  (json_int_t)(b->expires_at > now
-                                                       ? (b->expires_at - now + 999) / 1000
-                                                       : 0),
-                                  "q", q, "unique-id", b->unique_id, "call-id",
-                                  strempty(b->call_id), "cseq", (json_int_t)b->cseq,
-                                  "user-agent", strempty(b->user_agent), "update-time",
-                                  (json_int_t)(b->update_time / 1000), "path", path, "params",
-                                  b->params));
+                if (registrar_binding_live(b, now))
+                        json_array_append_new(contacts, binding_to_json(b, now));
+                else if (registrar_binding_routable(b, now, true))
+                        json_array_append_new(message_only, binding_to_json(b, now));
         }
-        return json_pack("{s:s, s:o}", "aor", r->aor, "contacts", contacts);
+        return json_pack("{s:s, s:o, s:o}", "aor", r->aor, "contacts", contacts,
+                         "message-contacts", message_only);
 }
 
 /* ---- deferred completions ---- */
@@ -260,7 +270,7 @@ int registrar_record_copy(const struct registrar_record *rec, const char *aor, u
                 if (!c->bindings)
                         return -ENOMEM;
                 for (size_t i = 0; i < rec->n_bindings; i++) {
-                        if (rec->bindings[i].expires_at <= now)
+                        if (registrar_binding_kept_until(&rec->bindings[i]) <= now)
                                 continue;
                         int r = binding_copy(&c->bindings[c->n_bindings], &rec->bindings[i]);
                         if (r < 0)
@@ -270,6 +280,12 @@ int registrar_record_copy(const struct registrar_record *rec, const char *aor, u
         }
         *ret = TAKE_PTR(c);
         return 0;
+}
+
+void registrar_record_keep_live(struct registrar_record *rec, uint64_t now) {
+        for (size_t i = rec->n_bindings; i-- > 0;)
+                if (!registrar_binding_live(&rec->bindings[i], now))
+                        registrar_record_remove(rec, i);
 }
 
 void registrar_record_remove(struct registrar_record *rec, size_t i) {
@@ -308,6 +324,9 @@ static int set_binding(struct registrar_binding *b, const struct registrar_updat
         struct registrar_binding n = {
                 .cseq = u->cseq,
                 .expires_at = u->now + c->expires_s * 1000,
+                .message_expires_at = c->message_expires_s > c->expires_s
+                                              ? u->now + c->message_expires_s * 1000
+                                              : 0,
                 .update_time = u->now,
                 .q = c->q,
                 .generated_id = !c->unique_id,
@@ -409,12 +428,19 @@ int registrar_record_apply(struct registrar_record *rec, const struct registrar_
                 remove_same_push_token(rec, (size_t)m, c->contact);
         }
 
-        /* Evict the oldest (least recently updated, then first stored) beyond the limit. */
+        /* Evict beyond the limit: the bindings kept for messages only first, then the live
+         * ones; the oldest (least recently updated, then first stored) first in each. A
+         * lapsed device never takes the place of a registered one. */
         while (u->max_contacts > 0 && rec->n_bindings > u->max_contacts) {
                 size_t oldest = 0;
-                for (size_t i = 1; i < rec->n_bindings; i++)
-                        if (rec->bindings[i].update_time < rec->bindings[oldest].update_time)
+                for (size_t i = 1; i < rec->n_bindings; i++) {
+                        const struct registrar_binding *b = &rec->bindings[i],
+                                                       *o = &rec->bindings[oldest];
+                        bool b_live = registrar_binding_live(b, u->now),
+                             o_live = registrar_binding_live(o, u->now);
+                        if (b_live != o_live ? !b_live : b->update_time < o->update_time)
                                 oldest = i;
+                }
                 registrar_record_remove(rec, oldest);
         }
         return 0;

@@ -23,7 +23,10 @@ struct registrar_binding {
         bool generated_id;
         char *call_id;
         uint32_t cseq;
-        uint64_t expires_at;  /* CLOCK_REALTIME ms */
+        uint64_t expires_at;  /* CLOCK_REALTIME ms: the SIP expiry */
+        /* CLOCK_REALTIME ms: routable for MESSAGE until then (the contact's message-expires
+         * parameter); 0, or not after expires_at, when the contact has none. */
+        uint64_t message_expires_at;
         uint64_t update_time; /* CLOCK_REALTIME ms */
         unsigned q;           /* q-value in thousandths, 1000 when absent */
         char **path;          /* Path header values, NULL-terminated, may be NULL */
@@ -43,6 +46,7 @@ struct registrar_contact {
         const char *unique_id; /* NULL: match by URI and generate an id */
         uint64_t expires_s;    /* already clamped; 0 removes the matching binding */
         unsigned q;
+        uint64_t message_expires_s; /* already clamped; 0: none (see message_expires_at) */
 };
 
 /* "Apply a REGISTER": RFC 3261 §10.3 update of one AOR. */
@@ -54,7 +58,9 @@ struct registrar_update {
         uint32_t cseq;
         char *const *path;
         const char *user_agent;
-        size_t max_contacts; /* per AOR; the oldest bindings are evicted beyond it; 0 = no limit */
+        /* Bindings per AOR, those kept for messages only included; beyond it those are evicted
+         * first, then the oldest live ones; 0 = no limit. */
+        size_t max_contacts;
         uint64_t now;        /* CLOCK_REALTIME ms */
 };
 
@@ -73,9 +79,28 @@ typedef void (*registrar_done_fn)(int result, void *userdata);
 typedef void (*registrar_event_fn)(const char *aor, const char *unique_id, void *userdata);
 #endif
 
+/* A binding lives until its SIP expiry (expires_at): it is listed (200 OK to REGISTER,
+ * REGISTRAR_GET) and routable for every request. A contact with a message-expires parameter
+ * longer than its expiry is then kept, routable for MESSAGE only, until message_expires_at.
+ * The stores keep every binding until registrar_binding_kept_until(); callers choose with
+ * registrar_binding_live() / registrar_binding_routable(). */
+static inline uint64_t registrar_binding_kept_until(const struct registrar_binding *b) {
+        return b->message_expires_at > b->expires_at ? b->message_expires_at : b->expires_at;
+}
+static inline bool registrar_binding_live(const struct registrar_binding *b, uint64_t now) {
+        return b->expires_at > now;
+}
+/* May a request be sent to this binding at now: a MESSAGE (message true) within the
+ * message-expires window too, anything else only while the binding lives. */
+static inline bool registrar_binding_routable(const struct registrar_binding *b, uint64_t now,
+                                              bool message) {
+        return message ? registrar_binding_kept_until(b) > now : registrar_binding_live(b, now);
+}
+
 struct registrar_store_ops {
         const char *name;
-        /* The current bindings (expired ones left out); an unknown AOR is an empty record. */
+        /* The kept bindings (live, or kept for messages only: see above; those past both left
+         * out); an unknown AOR is an empty record. */
         int (*fetch)(struct registrar_store *s, const char *aor, registrar_record_fn cb,
                      void *userdata);
         /* All or nothing: on error nothing changed. Returns the resulting record. */
@@ -87,8 +112,9 @@ struct registrar_store_ops {
         /* Remove the AOR; result 1 when it existed, 0 otherwise. */
         int (*clear)(struct registrar_store *s, const char *aor, registrar_done_fn cb,
                      void *userdata);
+        /* The AORs holding a kept binding (live or kept for messages only). */
         int (*dump)(struct registrar_store *s, registrar_dump_fn cb, void *userdata);
-        /* Drop bindings expired at now (realtime ms); result = bindings removed. */
+        /* Drop bindings no longer kept at now (realtime ms); result = bindings removed. */
         int (*purge)(struct registrar_store *s, uint64_t now, registrar_done_fn cb,
                      void *userdata);
         /* Optional, for stores shared by several proxies (NULL for the embedded ones, which
@@ -129,7 +155,8 @@ static inline void registrar_record_freep(struct registrar_record **r) {
 char *registrar_aor_normalize(const char *uri);
 /* RFC 3261 §19.1.4 comparison of two URI texts. */
 bool registrar_uri_equal(const char *a, const char *b);
-/* The record as the CLI shows it: {"aor":..., "contacts":[...]} (json_t *). */
+/* The record as the CLI shows it: {"aor":..., "contacts":[live bindings...],
+ * "message-contacts":[bindings kept for messages only...]} (json_t *). */
 struct json_t *registrar_record_to_json(const struct registrar_record *r, uint64_t now);
 
 /* For store implementations. */
@@ -146,14 +173,18 @@ int registrar_defer_dump(struct registrar_deferred *d, int error, char **aors,
 int registrar_defer_done(struct registrar_deferred *d, int result, registrar_done_fn cb,
                          void *userdata);
 
-/* A deep copy of rec (NULL: an empty record for aor) without the bindings expired at now. */
+/* A deep copy of rec (NULL: an empty record for aor) without the bindings no longer kept at
+ * now (registrar_binding_kept_until()). */
 int registrar_record_copy(const struct registrar_record *rec, const char *aor, uint64_t now,
                           struct registrar_record **ret);
 void registrar_record_remove(struct registrar_record *rec, size_t i);
 /* Remove the binding with this unique id: 0, or -ENOENT when there is none. */
 int registrar_record_remove_id(struct registrar_record *rec, const char *unique_id);
-/* The update rules on a record in memory (expired bindings already dropped): matching by
+/* Drop from rec the bindings that do not live at now (those kept for messages only). */
+void registrar_record_keep_live(struct registrar_record *rec, uint64_t now);
+/* The update rules on a record in memory (bindings no longer kept already dropped): matching by
  * unique id or URI, the Call-ID/CSeq check (-ESTALE), removals, a binding with the same push
  * token (pn-provider/pn-prid/pn-param, or legacy pn-type/pn-tok/app-id) replaced, eviction of
- * the oldest beyond max_contacts. On error rec is partly changed: work on a copy. */
+ * the oldest beyond max_contacts (those kept for messages only first). On error rec is partly
+ * changed: work on a copy. */
 int registrar_record_apply(struct registrar_record *rec, const struct registrar_update *u);

@@ -4,6 +4,7 @@
  * down the chain. The request is suspended while the store works. Also the REGISTRAR_* control
  * commands. */
 #define LOG_SUBSYSTEM LOG_registrar
+#include <ctype.h>
 #include <jansson.h>
 #include <stdio.h>
 
@@ -30,6 +31,8 @@ struct registrar {
         int db_implementation;
         char *database_path;
         uint64_t min_expires_ms, max_expires_ms, default_expires_ms;
+        char *message_expires_param;
+        uint64_t max_message_expires_ms;
         int64_t max_contacts_by_aor, max_contacts_per_registration;
         char **unique_id_parameters;
         bool enable_gruu;
@@ -75,10 +78,20 @@ static const struct conf_option registrar_rows[] = {
          0, 0, "Expiry when neither the Expires header nor the contact gives one",
          .unit = CONF_UNIT_S},
         {"module::Registrar", "max-contacts-by-aor", CONF_INT, R(max_contacts_by_aor), "12", 1,
-         10000, 0, "Bindings kept per address of record; the oldest are evicted beyond"},
+         10000, 0,
+         "Bindings kept per address of record; beyond, those kept for messages only "
+         "(message-expires) are evicted first, then the oldest"},
         {"module::Registrar", "max-contacts-per-registration", CONF_INT,
          R(max_contacts_per_registration), "12", 1, 10000, 0,
          "More Contact headers in one REGISTER are refused with 403"},
+        {"module::Registrar", "message-expires-param-name", CONF_STRING,
+         R(message_expires_param), "message-expires", 0, 0, 0,
+         "Contact parameter (seconds from the REGISTER) keeping a contact routable for MESSAGE "
+         "after its expiry, not for other requests and not listed as registered; empty = "
+         "ignored"},
+        {"module::Registrar", "max-message-expires", CONF_DURATION, R(max_message_expires_ms),
+         "7d", 0, 0, 0, "Longer message-expires are lowered to this; 0 = ignored",
+         .unit = CONF_UNIT_S},
         {"module::Registrar", "unique-id-parameters", CONF_LIST, R(unique_id_parameters),
          "+sip.instance pn-tok line", 0, 0, 0,
          "Contact parameters (header or URI) that identify a device, the first found wins; a "
@@ -245,6 +258,31 @@ static uint64_t contact_expires(struct registrar *reg, const sip_t *sip, const s
         return reg->default_expires_ms / 1000;
 }
 
+/* The contact's message-expires (message-expires-param-name, seconds), lowered to
+ * max-message-expires; 0 when it has none, for a removal, and when the value is not a number
+ * (then ignored: a hint of the client is no reason to refuse its registration). */
+static uint64_t contact_message_expires(struct registrar *reg, const sip_contact_t *c,
+                                        uint64_t expires_s) {
+        char key[128];
+        size_t n = reg->message_expires_param ? strlen(reg->message_expires_param) : 0;
+        if (expires_s == 0 || n == 0 || n + 2 > sizeof key || reg->max_message_expires_ms == 0)
+                return 0;
+        memcpy(key, reg->message_expires_param, n);
+        memcpy(key + n, "=", 2);
+        const char *v = msg_params_find(c->m_params, key);
+        if (!v)
+                return 0;
+        char *end;
+        errno = 0;
+        unsigned long long s = strtoull(v, &end, 10);
+        if (!isdigit((unsigned char)*v) || *end || errno) {
+                log_debug("Ignoring %s='%s' of a contact: not a number of seconds.",
+                          reg->message_expires_param, v);
+                return 0;
+        }
+        return MIN((uint64_t)s, reg->max_message_expires_ms / 1000);
+}
+
 /* The device id of a contact: the first of unique-id-parameters it has, as a header
  * parameter (+sip.instance) or a URI parameter (pn-tok, line); NULL when none. */
 static const char *contact_unique_id(struct registrar *reg, su_home_t *home,
@@ -329,6 +367,9 @@ static void register_reply(struct register_op *op, const struct registrar_record
         char *contacts = NULL;
         for (size_t i = 0; rec && i < rec->n_bindings; i++) {
                 const struct registrar_binding *b = &rec->bindings[i];
+                /* Only the registered devices: not those kept for messages only. */
+                if (!registrar_binding_live(b, now))
+                        continue;
                 uint64_t left = b->expires_at > now ? (b->expires_at - now + 999) / 1000 : 0;
                 char q[24] = "";
                 if (b->q != 1000)
@@ -373,7 +414,12 @@ static void on_bind_done(int error, struct registrar_record *rec, void *userdata
                 log_warning_errno(error, "Registrar store failed: %m");
                 reply_store_error(op->req, error);
         } else {
-                log_info("REGISTER for '%s': %zu binding(s).", rec->aor, rec->n_bindings);
+                uint64_t now = realtime_msec();
+                size_t live = 0;
+                for (size_t i = 0; i < rec->n_bindings; i++)
+                        live += registrar_binding_live(&rec->bindings[i], now);
+                log_info("REGISTER for '%s': %zu binding(s), %zu more kept for messages.",
+                         rec->aor, live, rec->n_bindings - live);
                 register_reply(op, rec);
                 if (op->now)
                         listeners_notify(op->reg, rec, op->now);
@@ -482,6 +528,7 @@ static enum module_result registrar_request(struct module *m, struct proxy_reque
                                 .unique_id = uid,
                                 .expires_s = exp,
                                 .q = parse_q(c->m_q),
+                                .message_expires_s = contact_message_expires(reg, c, exp),
                         };
                 }
                 const struct registrar_update u = {

@@ -13,6 +13,7 @@
 #include "ctl.h"
 #include "daemon.h"
 #include "fork.h"
+#include "loop.h"
 #include "message-store.h"
 #include "module.h"
 #include "proxy.h"
@@ -62,6 +63,12 @@ static const struct conf_option router_rows[] = {
          "register meanwhile: a device registering gets the call"},
         {"module::Router", "call-fork-timeout", CONF_DURATION, R(fork.call_fork_timeout_ms), "90s",
          0, 0, 0, "How long a call waits for devices with fork-late", .unit = CONF_UNIT_S},
+        {"module::Router", "voip-cancel-timeout", CONF_DURATION, R(fork.voip_cancel_timeout_ms),
+         "30s", 0, 0, 0,
+         "A call cancelled (or answered elsewhere) while a device woken by an iOS VoIP push has "
+         "not registered yet waits this long for it, within call-fork-timeout, to give it the "
+         "INVITE and then the CANCEL (CallKit); 0 = never",
+         .unit = CONF_UNIT_S},
         {"module::Router", "message-fork-late", CONF_BOOL, R(fork.message_fork_late), "true", 0, 0,
          0,
          "Store-and-forward: a MESSAGE (not is-composing, not Expires: 0) is kept until every "
@@ -150,6 +157,9 @@ static void on_fetched(int error, struct registrar_record *rec, void *userdata) 
                 return;
         }
 
+        /* A MESSAGE also goes to the devices kept for messages after their expiry. */
+        sip_method_t method = sip->sip_request->rq_method;
+        uint64_t now = realtime_msec();
         r = fork_new(req, record->aor, &f);
         if (r < 0)
                 goto oom;
@@ -157,6 +167,8 @@ static void on_fetched(int error, struct registrar_record *rec, void *userdata) 
                 goto oom;
         for (size_t i = 0; i < record->n_bindings; i++) {
                 const struct registrar_binding *b = &record->bindings[i];
+                if (!registrar_binding_routable(b, now, method == sip_method_message))
+                        continue;
                 if (op->gruu_instance) {
                         _cleanup_free_ char *instance = registrar_gruu_instance(b->unique_id);
                         if (!instance || strcasecmp(instance, op->gruu_instance) != 0)
@@ -175,7 +187,6 @@ static void on_fetched(int error, struct registrar_record *rec, void *userdata) 
                 if (r < 0)
                         goto oom;
         }
-        sip_method_t method = sip->sip_request->rq_method;
         if (method == sip_method_invite || method == sip_method_message)
                 STRV_FOREACH(t, rt->static_targets)
                         if ((r = fork_add_target(f, &(struct fork_target){.uri = *t, .q = 1000})) <
@@ -267,8 +278,12 @@ static void on_gruu_fetched(int error, struct registrar_record *rec, void *userd
         struct gruu_op *op = userdata;
         struct proxy_request *req = op->req;
         bool ack = req->sip->sip_request->rq_method == sip_method_ack;
+        bool message = req->sip->sip_request->rq_method == sip_method_message;
+        uint64_t now = realtime_msec();
         const struct registrar_binding *found = NULL;
         for (size_t i = 0; error >= 0 && i < record->n_bindings && !found; i++) {
+                if (!registrar_binding_routable(&record->bindings[i], now, message))
+                        continue;
                 _cleanup_free_ char *instance =
                         registrar_gruu_instance(record->bindings[i].unique_id);
                 if (instance && strcasecmp(instance, op->instance) == 0)

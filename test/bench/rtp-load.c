@@ -9,6 +9,9 @@
  *   it reads      "<relay-port-for-a> <relay-port-for-b>" per call (where A sends, where B
  *                 sends), then runs the warm-up, prints "measure-start", measures, prints
  *                 "measure-end" and one JSON line of counts for the measured window.
+ * Loss is counted by RTP sequence number: the packets each endpoint sent inside the window,
+ * against those of them its peer received, however late (after the window, the relay's
+ * backlog is drained until 500 ms pass without a packet, at most 5 s: "drain_ms").
  * Sending is paced in 1 ms slices so that each socket sends once per 1/pps seconds; receiving
  * uses recvmmsg on every readable socket. Bounded: at most 10000 calls, 1000 pps, 600 s. */
 #define _GNU_SOURCE
@@ -34,7 +37,14 @@ struct ep {
         struct sockaddr_in to;
         uint16_t seq;
         uint32_t ssrc;
+        uint16_t win_start, win_end; /* sequence numbers sent inside the measured window */
 };
+
+/* A packet from eps[from] with sequence number seq: inside the window? */
+static bool in_window(const struct ep *from, uint16_t seq, bool ended) {
+        uint16_t end = ended ? from->win_end : from->seq;
+        return (uint16_t)(seq - from->win_start) < (uint16_t)(end - from->win_start);
+}
 
 static uint64_t now_us(void) {
         struct timespec ts;
@@ -106,7 +116,7 @@ int main(int argc, char **argv) {
         uint64_t period = 1000000 / (uint64_t)pps; /* per socket */
         uint64_t start = now_us(), measure_at = start + (uint64_t)warmup * 1000000,
                  end = measure_at + (uint64_t)measure * 1000000;
-        uint64_t sent = 0, received = 0, bytes = 0, send_errors = 0;
+        uint64_t sent = 0, received = 0, bytes = 0, send_errors = 0, window_received = 0;
         bool measuring = false;
         size_t next = 0;       /* next socket to send */
         uint64_t round_at = start;
@@ -119,11 +129,16 @@ int main(int argc, char **argv) {
                 if (!measuring && t >= measure_at) {
                         measuring = true;
                         sent = received = bytes = send_errors = 0;
+                        for (size_t i = 0; i < n; i++)
+                                eps[i].win_start = eps[i].seq;
                         printf("measure-start\n");
                         fflush(stdout);
                 }
-                if (t >= end)
+                if (t >= end) {
+                        for (size_t i = 0; i < n; i++)
+                                eps[i].win_end = eps[i].seq;
                         break;
+                }
                 /* Sockets due by now: a round of all n every period, spread evenly. */
                 size_t due = t >= round_at ? (size_t)((t - round_at) * n / period) : 0;
                 if (due > n)
@@ -148,7 +163,8 @@ int main(int argc, char **argv) {
                 }
                 int k = epoll_wait(ep_fd, evs, 256, 1);
                 for (int i = 0; i < k; i++) {
-                        struct ep *e = &eps[evs[i].data.u64];
+                        uint64_t idx = evs[i].data.u64;
+                        struct ep *e = &eps[idx];
                         for (int j = 0; j < BATCH; j++) {
                                 iovs[j] = (struct iovec){rbuf[j], sizeof rbuf[j]};
                                 msgs[j] = (struct mmsghdr){.msg_hdr = {.msg_iov = &iovs[j],
@@ -158,24 +174,37 @@ int main(int argc, char **argv) {
                         for (int j = 0; j < got; j++) {
                                 received++;
                                 bytes += msgs[j].msg_len;
+                                if (measuring && msgs[j].msg_len >= 4 &&
+                                    in_window(&eps[idx ^ 1],
+                                              (uint16_t)(rbuf[j][2] << 8 | rbuf[j][3]), false))
+                                        window_received++;
                         }
                 }
         }
-        /* Packets in flight at the end still count: 200 ms to drain. */
-        for (uint64_t until = now_us() + 200000; now_us() < until;) {
+        /* Packets in flight at the end still count: drain the relay's backlog. */
+        uint64_t drain_start = now_us(), last_rx = drain_start;
+        while (now_us() - last_rx < 500000 && now_us() - drain_start < 5000000) {
                 int k = epoll_wait(ep_fd, evs, 256, 10);
                 for (int i = 0; i < k; i++) {
-                        struct ep *e = &eps[evs[i].data.u64];
+                        uint64_t idx = evs[i].data.u64;
                         unsigned char b[2048];
-                        while (recv(e->fd, b, sizeof b, MSG_DONTWAIT) > 0)
-                                received++;
+                        ssize_t len;
+                        while ((len = recv(eps[idx].fd, b, sizeof b, MSG_DONTWAIT)) > 0) {
+                                last_rx = now_us();
+                                if (len >= 4 &&
+                                    in_window(&eps[idx ^ 1], (uint16_t)(b[2] << 8 | b[3]), true))
+                                        window_received++;
+                        }
                 }
         }
+        uint64_t drain_ms = (last_rx - drain_start) / 1000;
         printf("measure-end\n");
         printf("{\"calls\": %ld, \"pps\": %ld, \"seconds\": %ld, \"sent\": %llu, \"received\": "
-               "%llu, \"bytes\": %llu, \"send_errors\": %llu}\n",
+               "%llu, \"bytes\": %llu, \"send_errors\": %llu, \"window_received\": %llu, "
+               "\"drain_ms\": %llu}\n",
                calls, pps, measure, (unsigned long long)sent, (unsigned long long)received,
-               (unsigned long long)bytes, (unsigned long long)send_errors);
+               (unsigned long long)bytes, (unsigned long long)send_errors,
+               (unsigned long long)window_received, (unsigned long long)drain_ms);
         fflush(stdout);
         for (size_t i = 0; i < n; i++)
                 close(eps[i].fd);

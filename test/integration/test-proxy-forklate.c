@@ -21,6 +21,7 @@
 
 static struct tl_proxy proxy;
 static struct tl_redis redis; /* port 0: the SQLite run */
+static bool internal_store;   /* the registrar in memory (its "internal" run) */
 
 static void redis_setup(void) {
         tl_redis_start(&redis, NULL);
@@ -44,7 +45,15 @@ static void wait_ready(void) {
         ck_abort_msg("the proxy did not get ready on Redis");
 }
 
-static void start_proxy(const char *router_extra) {
+static void internal_setup(void) {
+        internal_store = true;
+}
+
+static void internal_teardown(void) {
+        internal_store = false;
+}
+
+static void start_proxy_with(const char *registrar_extra, const char *router_extra) {
         _cleanup_free_ char *db = tl_path("messages.db");
         _cleanup_free_ char *conf = NULL;
         _cleanup_free_ char *store = NULL;
@@ -54,6 +63,8 @@ static void start_proxy(const char *router_extra) {
                                           "redis-server-port=%d\n",
                                           redis.port),
                                  0);
+        else if (internal_store)
+                store = strdup("db-implementation=internal\n");
         else
                 ck_assert_int_ge(asprintf(&store,
                                           "db-implementation=sqlite\n"
@@ -63,15 +74,20 @@ static void start_proxy(const char *router_extra) {
         ck_assert_int_ge(asprintf(&conf,
                                   "log-level=debug\n"
                                   "[module::Registrar]\n"
-                                  "%s"
+                                  "%s%s"
                                   "[module::Router]\n"
                                   "message-database-path=%s\n"
                                   "message-accept-timeout=2s\n"
                                   "%s",
-                                  store, db, router_extra ? router_extra : ""),
+                                  store, registrar_extra ? registrar_extra : "", db,
+                                  router_extra ? router_extra : ""),
                          0);
         tl_proxy_start(&proxy, conf);
         wait_ready();
+}
+
+static void start_proxy(const char *router_extra) {
+        start_proxy_with(NULL, router_extra);
 }
 
 static json_t *pending(const char *aor) {
@@ -459,6 +475,113 @@ START_TEST(test_forklate_redis_layout) {
 }
 END_TEST
 
+/* REGISTRAR_GET of aor: how many live contacts and how many kept for messages only. */
+static void registrar_counts(const char *aor, size_t *live, size_t *message_only) {
+        _cleanup_free_ char *line = NULL;
+        ck_assert_int_ge(asprintf(&line, "REGISTRAR_GET %s", aor), 0);
+        json_t *j = tl_ctl(proxy.sock, line);
+        ck_assert_msg(json_is_array(json_object_get(j, "contacts")), "REGISTRAR_GET: no list");
+        *live = json_array_size(json_object_get(j, "contacts"));
+        *message_only = json_array_size(json_object_get(j, "message-contacts"));
+        json_decref(j);
+}
+
+START_TEST(test_forklate_message_expires) {
+        /* bob registers for 2 s with message-expires=60 (lowered to 30) and lets it lapse: he is no longer
+         * registered (REGISTER and REGISTRAR_GET list nothing, an INVITE gets 404) but a
+         * MESSAGE still goes to his device at once (alice gets his 200, nothing is stored). */
+        struct tl_ua alice, bob;
+        start_proxy_with("min-expires=1s\nmax-message-expires=30s\n", NULL);
+        tl_ua_open(&alice, "alice", NULL, proxy.port);
+        tl_ua_open(&bob, "bob", "urn:uuid:00000000-0000-0000-0000-0000000000e1", proxy.port);
+        snprintf(bob.contact_header_params, sizeof bob.contact_header_params,
+                 ";message-expires=60");
+        ck_assert_int_eq(tl_ua_register(&bob, 2), 200);
+        _cleanup_free_ char *contact = tl_sip_header(bob.last_response, "Contact");
+        ck_assert_msg(contact && strstr(contact, "message-expires=60") &&
+                              strstr(contact, ";expires=2"),
+                      "Contact: %s", strna(contact));
+        size_t live = 0, kept = 0;
+        registrar_counts("sip:bob@localhost", &live, &kept);
+        ck_assert_uint_eq(live, 1);
+        ck_assert_uint_eq(kept, 0);
+        /* Lowered to max-message-expires. */
+        json_t *j = tl_ctl(proxy.sock, "REGISTRAR_GET sip:bob@localhost");
+        json_t *c = json_array_get(json_object_get(j, "contacts"), 0);
+        json_int_t left = json_integer_value(json_object_get(c, "message-expires"));
+        ck_assert_msg(left > 25 && left <= 30, "message-expires %lld", (long long)left);
+        json_decref(j);
+
+        /* A value that is not a number of seconds is ignored, the registration stands. */
+        struct tl_ua carol;
+        tl_ua_open(&carol, "carol", NULL, proxy.port);
+        snprintf(carol.contact_header_params, sizeof carol.contact_header_params,
+                 ";message-expires=soon");
+        ck_assert_int_eq(tl_ua_register(&carol, 600), 200);
+        j = tl_ctl(proxy.sock, "REGISTRAR_GET sip:carol@localhost");
+        c = json_array_get(json_object_get(j, "contacts"), 0);
+        ck_assert_ptr_nonnull(c);
+        ck_assert_ptr_null(json_object_get(c, "message-expires"));
+        json_decref(j);
+        tl_ua_close(&carol);
+
+        /* Past the expiry (polled, at most 5 s). */
+        for (int i = 0; i < 50 && live > 0; i++) {
+                usleep(100 * 1000);
+                registrar_counts("sip:bob@localhost", &live, &kept);
+        }
+        ck_assert_uint_eq(live, 0);
+        ck_assert_uint_eq(kept, 1);
+        if (redis.port) {
+                _cleanup_free_ char *ttl = tl_redis_cmd(&redis, "PTTL fs:bob@localhost");
+                ck_assert_msg(ttl && atoll(ttl) > 20000, "PTTL %s", strna(ttl));
+        }
+
+        /* A REGISTER without Contact (a query) lists no binding. */
+        char response[8192];
+        ck_assert_int_eq(tl_ua_request(&bob, "REGISTER", "bob", NULL, NULL, "", NULL, response,
+                                       sizeof response),
+                         200);
+        _cleanup_free_ char *listed = tl_sip_header(response, "Contact");
+        ck_assert_msg(!listed, "listed: %s", listed);
+
+        /* A call: not routed to the lapsed device. */
+        ck_assert_int_eq(tl_ua_request(&alice, "INVITE", "bob", NULL, "application/sdp",
+                                       "v=0\r\n", NULL, NULL, 0),
+                         404);
+        _cleanup_free_ char *invite = tl_ua_recv_request(&bob, 300);
+        ck_assert_msg(!invite, "bob got:\n%s", invite);
+
+        /* A message: delivered to it directly. */
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                _cleanup_free_ char *req = tl_ua_recv_request(&bob, 5000);
+                if (req)
+                        tl_ua_reply(&bob, req, 200, false);
+                _exit(req && strncmp(req, "MESSAGE ", 8) == 0 && strstr(req, "lapsed-0") ? 0
+                                                                                        : 1);
+        }
+        ck_assert_int_eq(tl_ua_message(&alice, "bob", NULL, "lapsed-0", NULL, NULL, 0), 200);
+        int status;
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "bob did not get it");
+        ck_assert_uint_eq(n_pending(NULL), 0);
+
+        /* Unregistering removes it for messages too: the next one waits (202). */
+        ck_assert_int_eq(tl_ua_register(&bob, 0), 200);
+        registrar_counts("sip:bob@localhost", &live, &kept);
+        ck_assert_uint_eq(live + kept, 0);
+        send_messages(&alice, "bob", "gone-", 1, 202);
+        _cleanup_free_ char *none = tl_ua_recv_request(&bob, 300);
+        ck_assert_msg(!none, "bob got:\n%s", none);
+        ck_assert_uint_eq(n_pending("sip:bob@localhost"), 1);
+        tl_ua_close(&alice);
+        tl_ua_close(&bob);
+        tl_proxy_done(&proxy);
+}
+END_TEST
+
 START_TEST(test_forklate_cli_errors) {
         start_proxy(NULL);
         json_t *j = tl_ctl(proxy.sock, "MESSAGES_PENDING not-an-address");
@@ -483,6 +606,7 @@ static void add_cases(TCase *tc) {
         tcase_add_test(tc, test_forklate_limits);
         tcase_add_test(tc, test_forklate_delivery_timeout);
         tcase_add_test(tc, test_forklate_cli_errors);
+        tcase_add_test(tc, test_forklate_message_expires);
 }
 
 static Suite *forklate_suite(void) {
@@ -494,6 +618,12 @@ static Suite *forklate_suite(void) {
         tcase_add_checked_fixture(tc, redis_setup, redis_teardown);
         add_cases(tc);
         tcase_add_test(tc, test_forklate_redis_layout);
+        suite_add_tcase(s, tc);
+        /* message-expires with the third registrar store. */
+        tc = tcase_create("internal");
+        tcase_set_timeout(tc, 60);
+        tcase_add_checked_fixture(tc, internal_setup, internal_teardown);
+        tcase_add_test(tc, test_forklate_message_expires);
         suite_add_tcase(s, tc);
         return s;
 }

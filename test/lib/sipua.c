@@ -178,13 +178,14 @@ int tl_ua_register(struct tl_ua *ua, int expires) {
                  "To: <sip:%s@localhost>\r\n"
                  "Call-ID: %s\r\n"
                  "CSeq: %u REGISTER\r\n"
-                 "Contact: <sip:%s@127.0.0.1:%d%s>%s\r\n"
+                 "Contact: <sip:%s@127.0.0.1:%d%s>%s%s\r\n"
                  "Expires: %d\r\n"
                  "%s"
                  "Max-Forwards: 70\r\n"
                  "Content-Length: 0\r\n\r\n",
                  ua->port, ua->port, cseq, random(), ua->user, cseq, ua->user, ua->reg_call_id,
-                 cseq, ua->user, ua->port, ua->contact_params, inst, expires,
+                 cseq, ua->user, ua->port, ua->contact_params, inst, ua->contact_header_params,
+                 expires,
                  ua->register_headers);
         return transaction(ua, req, ua->last_response, sizeof ua->last_response);
 }

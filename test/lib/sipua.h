@@ -16,6 +16,7 @@ struct tl_ua {
         char user[64];
         char instance[64]; /* +sip.instance value (a URN), "" for none */
         char contact_params[1024]; /* URI parameters of the Contact (";pn-provider=..."), "" */
+        char contact_header_params[256]; /* Contact header parameters (";message-expires=60"), "" */
         char register_headers[256]; /* more REGISTER headers ("Supported: gruu\r\n"), "" */
         char last_response[8192];   /* the final response to the last REGISTER */
         unsigned cseq;

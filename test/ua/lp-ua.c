@@ -9,7 +9,10 @@
  * a friend list with an RLS address when --rls is given: one list subscription) and --expect
  * makes the goal seeing the friend in the listed states, in order. Exit status: 0 when the goal
  * was met, 1 on failure, 2 on bad usage, 3 when --max-time ran out (a hard alarm also ends a run
- * stuck inside the library). */
+ * stuck inside the library). Push: --pn-provider, --pn-prid and --pn-param give the account
+ * liblinphone's push notification configuration, which it puts into its Contact as RFC 8599
+ * pn-* parameters (what a phone does with the tokens its OS gave it); --contact-params adds
+ * raw contact URI parameters. */
 #include <errno.h>
 #include <ftw.h>
 #include <getopt.h>
@@ -67,6 +70,11 @@ struct ua_options {
         const char *message_to;
         const char *message;
         int expect_messages;
+        /* push notifications (RFC 8599 contact parameters) */
+        const char *pn_provider;
+        const char *pn_prid;
+        const char *pn_param;
+        const char *contact_params;
 };
 
 struct ua {
@@ -472,6 +480,10 @@ static void usage(FILE *f) {
               "  --expect-messages N  goal: receive N instant messages\n"
               "  --verbose          liblinphone's debug log on stderr\n"
               "  --password PW      answer digest challenges as the identity's user with PW\n"
+              "  --pn-provider P --pn-prid TOKENS --pn-param PARAM\n"
+              "                     register with these push parameters (liblinphone's push\n"
+              "                     notification configuration of the account)\n"
+              "  --contact-params S more contact URI parameters (\"a=b;c=d\")\n"
               "Without --call or --answer: stay registered until SIGTERM, then unregister.\n"
               "Events go to stdout, one per line: event=NAME key=value...\n",
               f);
@@ -511,6 +523,10 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 OPT_EXPECT_MESSAGES,
                 OPT_PASSWORD,
                 OPT_SPECS,
+                OPT_PN_PROVIDER,
+                OPT_PN_PRID,
+                OPT_PN_PARAM,
+                OPT_CONTACT_PARAMS,
         };
         static const struct option options[] = {
                 {"identity", required_argument, NULL, OPT_IDENTITY},
@@ -535,6 +551,10 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                 {"expect-messages", required_argument, NULL, OPT_EXPECT_MESSAGES},
                 {"password", required_argument, NULL, OPT_PASSWORD},
                 {"specs", required_argument, NULL, OPT_SPECS},
+                {"pn-provider", required_argument, NULL, OPT_PN_PROVIDER},
+                {"pn-prid", required_argument, NULL, OPT_PN_PRID},
+                {"pn-param", required_argument, NULL, OPT_PN_PARAM},
+                {"contact-params", required_argument, NULL, OPT_CONTACT_PARAMS},
                 {0},
         };
         *o = (struct ua_options){
@@ -577,6 +597,18 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
                         break;
                 case OPT_PASSWORD:
                         o->password = optarg;
+                        break;
+                case OPT_PN_PROVIDER:
+                        o->pn_provider = optarg;
+                        break;
+                case OPT_PN_PRID:
+                        o->pn_prid = optarg;
+                        break;
+                case OPT_PN_PARAM:
+                        o->pn_param = optarg;
+                        break;
+                case OPT_CONTACT_PARAMS:
+                        o->contact_params = optarg;
                         break;
                 case OPT_HELP:
                         usage(stdout);
@@ -638,6 +670,10 @@ static int parse_options(int argc, char **argv, struct ua_options *o) {
         }
         if (o->n_expect && !o->watch_uri) {
                 fprintf(stderr, "lp-ua: --expect needs --watch\n");
+                return -EINVAL;
+        }
+        if (!o->pn_provider != !o->pn_prid || !o->pn_provider != !o->pn_param) {
+                fprintf(stderr, "lp-ua: --pn-provider, --pn-prid and --pn-param go together\n");
                 return -EINVAL;
         }
         if (o->ca_file && access(o->ca_file, R_OK) < 0) {
@@ -847,6 +883,19 @@ static int add_account(struct ua *ua) {
         if (ua->o.specs)
                 linphone_account_params_set_conference_factory_uri(
                         params, "sip:conference-factory@invalid.test");
+        if (ua->o.contact_params)
+                linphone_account_params_set_contact_uri_parameters(params, ua->o.contact_params);
+        if (ua->o.pn_provider) {
+                LinphonePushNotificationConfig *pn = linphone_push_notification_config_new();
+                linphone_push_notification_config_set_provider(pn, ua->o.pn_provider);
+                linphone_push_notification_config_set_prid(pn, ua->o.pn_prid);
+                linphone_push_notification_config_set_param(pn, ua->o.pn_param);
+                linphone_account_params_set_push_notification_config(params, pn);
+                linphone_push_notification_config_unref(pn);
+                linphone_account_params_set_push_notification_allowed(params, TRUE);
+                linphone_account_params_set_remote_push_notification_allowed(params, TRUE);
+                linphone_core_set_push_notification_enabled(core, TRUE);
+        }
         ua->account = linphone_core_create_account(core, params);
         if (!ua->account || linphone_core_add_account(core, ua->account) < 0) {
                 fprintf(stderr, "lp-ua: cannot add the account\n");

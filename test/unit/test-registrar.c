@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The registrar stores behind their asynchronous interface. Every case runs against every store
  * in `stores` (a loop test), so a new store only adds a row there. */
+#include <jansson.h>
+#include <sqlite3.h>
 #include <stdio.h>
 
 #include <sofia-sip/su_wait.h>
@@ -438,6 +440,216 @@ START_TEST(test_registrar_expired_hidden_and_purged) {
 }
 END_TEST
 
+/* ---- message-expires: a contact kept for MESSAGE after its SIP expiry ---- */
+
+/* One contact registered at the given time (realtime ms). */
+static struct result apply_at(const char *aor, uint64_t at, const char *call_id, size_t max,
+                              const struct registrar_contact *c) {
+        const struct registrar_update u = {.aor = aor, .contacts = c, .n_contacts = 1,
+                                           .call_id = call_id, .cseq = 1, .max_contacts = max,
+                                           .now = at};
+        struct result res = {0};
+        wait_for(&res, fx.store->ops->apply(fx.store, &u, on_record, &res));
+        ck_assert_int_eq(res.error, 0);
+        return res;
+}
+
+START_TEST(test_registrar_message_expires_kept) {
+        /* Registered 10 s ago for 1 s, message-expires 1 h: kept, routable for MESSAGE only,
+         * not listed as registered; purged once the hour is over. */
+        setup(_i);
+        uint64_t at = realtime_msec() - 10000;
+        struct result res = apply_at(AOR, at, "m1", 12,
+                                     &(struct registrar_contact){"sip:a@h", NULL,
+                                                                 "\"<urn:uuid:m>\"", 1, 1000,
+                                                                 3600});
+        result_done(&res);
+        res = fetch(AOR);
+        ck_assert_uint_eq(res.rec->n_bindings, 1);
+        const struct registrar_binding *b = &res.rec->bindings[0];
+        ck_assert_uint_eq(b->expires_at, at + 1000);
+        ck_assert_uint_eq(b->message_expires_at, at + 3600 * 1000);
+        uint64_t now = realtime_msec();
+        ck_assert(!registrar_binding_live(b, now));
+        ck_assert(!registrar_binding_routable(b, now, false));
+        ck_assert(registrar_binding_routable(b, now, true));
+        ck_assert_uint_eq(registrar_binding_kept_until(b), at + 3600 * 1000);
+        /* The CLI view: not among the contacts, among the message contacts. */
+        json_t *j = registrar_record_to_json(res.rec, now);
+        ck_assert_uint_eq(json_array_size(json_object_get(j, "contacts")), 0);
+        json_t *m = json_array_get(json_object_get(j, "message-contacts"), 0);
+        ck_assert_ptr_nonnull(m);
+        ck_assert_str_eq(json_string_value(json_object_get(m, "contact")), "sip:a@h");
+        ck_assert_int_eq(json_integer_value(json_object_get(m, "expires")), 0);
+        json_int_t left = json_integer_value(json_object_get(m, "message-expires"));
+        ck_assert_int_gt(left, 3500);
+        ck_assert_int_le(left, 3590);
+        json_decref(j);
+        /* The live view of the same record is empty. */
+        registrar_record_keep_live(res.rec, now);
+        ck_assert_uint_eq(res.rec->n_bindings, 0);
+        result_done(&res);
+
+        /* A purge now keeps it; the AOR is still in the store. */
+        wait_for(&res, fx.store->ops->purge(fx.store, realtime_msec(), on_done, &res));
+        ck_assert_int_eq(res.error, 0);
+        result_done(&res);
+        ck_assert_uint_eq(fx.store->ops->n_aors(fx.store), 1);
+        wait_for(&res, fx.store->ops->dump(fx.store, on_dump, &res));
+        ck_assert(strv_contains(res.aors, AOR));
+        result_done(&res);
+        res = fetch(AOR);
+        ck_assert_uint_eq(res.rec->n_bindings, 1);
+        result_done(&res);
+
+        /* After the hour: purged (and no longer fetched). */
+        wait_for(&res, fx.store->ops->purge(fx.store, at + 3601 * 1000, on_done, &res));
+        ck_assert_int_eq(res.error, 1);
+        result_done(&res);
+        ck_assert_uint_eq(fx.store->ops->n_aors(fx.store), 0);
+        res = fetch(AOR);
+        ck_assert_uint_eq(res.rec->n_bindings, 0);
+        result_done(&res);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_message_expires_not_longer) {
+        /* A message-expires not beyond the expiry adds nothing; a live binding with a longer
+         * one is routable for everything. */
+        setup(_i);
+        uint64_t at = realtime_msec();
+        struct result res = apply_at(AOR, at, "m1", 12,
+                                     &(struct registrar_contact){"sip:a@h", .expires_s = 600,
+                                                                 .q = 1000,
+                                                                 .message_expires_s = 60});
+        ck_assert_uint_eq(res.rec->bindings[0].message_expires_at, 0);
+        result_done(&res);
+        res = apply_at(AOR, at, "m2", 12,
+                       &(struct registrar_contact){"sip:b@h", .expires_s = 600, .q = 1000,
+                                                   .message_expires_s = 6000});
+        result_done(&res);
+        res = fetch(AOR);
+        ck_assert_uint_eq(res.rec->n_bindings, 2);
+        const struct registrar_binding *b = find_contact(res.rec, "sip:b@h");
+        ck_assert_uint_eq(b->message_expires_at, at + 6000 * 1000);
+        ck_assert(registrar_binding_routable(b, realtime_msec(), false));
+        ck_assert(registrar_binding_routable(b, realtime_msec(), true));
+        json_t *j = registrar_record_to_json(res.rec, realtime_msec());
+        ck_assert_uint_eq(json_array_size(json_object_get(j, "contacts")), 2);
+        ck_assert_uint_eq(json_array_size(json_object_get(j, "message-contacts")), 0);
+        json_decref(j);
+        result_done(&res);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_message_expires_update_rules) {
+        setup(_i);
+        uint64_t now = realtime_msec();
+        /* old: live, registered 20 s ago for an hour; lapsed: newer, but only kept for
+         * messages. With max 2, a third device evicts the lapsed one, not the older live one. */
+        struct result res = apply_at(AOR, now - 20000, "old", 2,
+                                     &(struct registrar_contact){"sip:old@h", NULL, "id-old",
+                                                                 3600, 1000, 0});
+        result_done(&res);
+        res = apply_at(AOR, now - 10000, "lapsed", 2,
+                       &(struct registrar_contact){"sip:lapsed@h", NULL, "id-lapsed", 1, 1000,
+                                                   3600});
+        ck_assert_uint_eq(res.rec->n_bindings, 2);
+        result_done(&res);
+        res = apply_at(AOR, now, "new", 2,
+                       &(struct registrar_contact){"sip:new@h", NULL, "id-new", 3600, 1000, 0});
+        ck_assert_uint_eq(res.rec->n_bindings, 2);
+        ck_assert_ptr_null(find_contact(res.rec, "sip:lapsed@h"));
+        ck_assert_ptr_nonnull(find_contact(res.rec, "sip:old@h"));
+        ck_assert_ptr_nonnull(find_contact(res.rec, "sip:new@h"));
+        result_done(&res);
+
+        /* The lapsed device registering again (same instance) takes its binding back. */
+        res = apply_at("sip:bob@example.org", now - 10000, "b1", 12,
+                       &(struct registrar_contact){"sip:bob@old", NULL, "id-bob", 1, 1000, 3600});
+        result_done(&res);
+        res = apply_at("sip:bob@example.org", now, "b2", 12,
+                       &(struct registrar_contact){"sip:bob@new", NULL, "id-bob", 60, 1000, 0});
+        ck_assert_uint_eq(res.rec->n_bindings, 1);
+        ck_assert_str_eq(res.rec->bindings[0].contact, "sip:bob@new");
+        ck_assert_uint_eq(res.rec->bindings[0].message_expires_at, 0);
+        result_done(&res);
+
+        /* An unregistration (expires 0) removes a binding kept for messages. */
+        res = apply_at("sip:carol@example.org", now - 10000, "c1", 12,
+                       &(struct registrar_contact){"sip:carol@h", NULL, "id-c", 1, 1000, 3600});
+        result_done(&res);
+        res = apply_at("sip:carol@example.org", now, "c2", 12,
+                       &(struct registrar_contact){"sip:carol@h", NULL, "id-c", 0, 1000, 0});
+        ck_assert_uint_eq(res.rec->n_bindings, 0);
+        result_done(&res);
+        res = fetch("sip:carol@example.org");
+        ck_assert_uint_eq(res.rec->n_bindings, 0);
+        result_done(&res);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_sqlite_upgrades_v1) {
+        /* A file of schema version 1 (before message-expires): its bindings are read, and new
+         * ones keep their message-expires. */
+        _cleanup_free_ char *path = db_path();
+        sqlite3 *db;
+        ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+        char *sql = sqlite3_mprintf(
+                "CREATE TABLE bindings (aor TEXT NOT NULL, unique_id TEXT NOT NULL,"
+                " generated_id INTEGER NOT NULL, contact TEXT NOT NULL, params TEXT,"
+                " call_id TEXT, cseq INTEGER NOT NULL, expires_at INTEGER NOT NULL,"
+                " update_time INTEGER NOT NULL, q INTEGER NOT NULL, path TEXT, user_agent TEXT,"
+                " position INTEGER NOT NULL, PRIMARY KEY (aor, unique_id));"
+                "CREATE INDEX bindings_expires_at ON bindings (expires_at);"
+                "INSERT INTO bindings VALUES ('%q', 'id-1', 0, 'sip:a@h', NULL, 'c1', 1, %lld,"
+                " %lld, 1000, NULL, NULL, 0);"
+                "PRAGMA user_version = 1;",
+                AOR, (long long)realtime_msec() + 600000, (long long)realtime_msec());
+        ck_assert_int_eq(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_free(sql);
+        sqlite3_close(db);
+
+        fx.root = su_root_create(NULL);
+        ck_assert_int_eq(loop_new_su(fx.root, &fx.loop), 0);
+        ck_assert_int_eq(registrar_store_sqlite_new(fx.loop, path, &fx.store), 0);
+        struct result res = fetch(AOR);
+        ck_assert_uint_eq(res.rec->n_bindings, 1);
+        ck_assert_str_eq(res.rec->bindings[0].contact, "sip:a@h");
+        ck_assert_uint_eq(res.rec->bindings[0].message_expires_at, 0);
+        result_done(&res);
+        uint64_t at = realtime_msec() - 10000;
+        res = apply_at(AOR, at, "c2", 12,
+                       &(struct registrar_contact){"sip:b@h", NULL, "id-2", 1, 1000, 600});
+        result_done(&res);
+        registrar_store_free(fx.store);
+
+        ck_assert_int_eq(registrar_store_sqlite_new(fx.loop, path, &fx.store), 0);
+        res = fetch(AOR);
+        ck_assert_uint_eq(res.rec->n_bindings, 2);
+        ck_assert_uint_eq(find_contact(res.rec, "sip:b@h")->message_expires_at, at + 600000);
+        result_done(&res);
+        registrar_store_free(fx.store);
+        fx.store = NULL;
+
+        ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+        sqlite3_stmt *q;
+        ck_assert_int_eq(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &q, NULL), SQLITE_OK);
+        ck_assert_int_eq(sqlite3_step(q), SQLITE_ROW);
+        ck_assert_int_eq(sqlite3_column_int(q, 0), 2);
+        sqlite3_finalize(q);
+        /* A file from a newer version is refused, not misread. */
+        ck_assert_int_eq(sqlite3_exec(db, "PRAGMA user_version = 3", NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+        ck_assert_int_lt(registrar_store_sqlite_new(fx.loop, path, &fx.store), 0);
+        fx.store = NULL;
+        teardown();
+}
+END_TEST
+
 START_TEST(test_registrar_sqlite_persists) {
         _cleanup_free_ char *path = db_path();
         fx.root = su_root_create(NULL);
@@ -535,6 +747,25 @@ START_TEST(test_registrar_redis_layout) {
         long long ms = atoll(at);
         ck_assert_int_ge(ms, (long long)before + 120000);
         ck_assert_int_le(ms, (long long)realtime_msec() + 120000);
+        teardown();
+}
+END_TEST
+
+START_TEST(test_registrar_redis_message_expires_layout) {
+        /* The key lives until the message window of its binding ends, the binding says when. */
+        redis_setup();
+        uint64_t at = realtime_msec() - 10000;
+        struct result res = apply_at(AOR, at, "m1", 12,
+                                     &(struct registrar_contact){"sip:a@h", NULL, "id-m", 1, 1000,
+                                                                 3600});
+        result_done(&res);
+        _cleanup_free_ char *value = tl_redis_cmd(&server, "HGET fs:alice@example.org c:id-m");
+        char want[64];
+        snprintf(want, sizeof want, "\"message-expires-at\":%llu",
+                 (unsigned long long)(at + 3600 * 1000));
+        ck_assert_msg(value && strstr(value, want), "%s", strna(value));
+        _cleanup_free_ char *pexp = tl_redis_cmd(&server, "PEXPIRETIME fs:alice@example.org");
+        ck_assert_int_eq(atoll(pexp), (long long)(at + 3600 * 1000));
         teardown();
 }
 END_TEST
@@ -768,13 +999,18 @@ int main(void) {
         tcase_add_loop_test(tc, test_registrar_clear_remove_dump, 0, n);
         tcase_add_loop_test(tc, test_registrar_expired_hidden_and_purged, 0, n);
         tcase_add_loop_test(tc, test_registrar_many_aors, 0, n);
+        tcase_add_loop_test(tc, test_registrar_message_expires_kept, 0, n);
+        tcase_add_loop_test(tc, test_registrar_message_expires_not_longer, 0, n);
+        tcase_add_loop_test(tc, test_registrar_message_expires_update_rules, 0, n);
         suite_add_tcase(s, tc);
         TCase *tq = tcase_create("sqlite");
         tcase_add_test(tq, test_registrar_sqlite_persists);
+        tcase_add_test(tq, test_registrar_sqlite_upgrades_v1);
         suite_add_tcase(s, tq);
         TCase *tr = tcase_create("redis");
         tcase_add_unchecked_fixture(tr, server_up, server_down);
         tcase_add_test(tr, test_registrar_redis_layout);
+        tcase_add_test(tr, test_registrar_redis_message_expires_layout);
         tcase_add_test(tr, test_registrar_redis_publishes_device);
         tcase_add_test(tr, test_registrar_redis_concurrent_writers);
         tcase_add_test(tr, test_registrar_redis_script_reloaded);
