@@ -17,6 +17,7 @@
 #include "pidf.h"
 #include "presence.h"
 #include "stats.h"
+#include "udp.h"
 
 #define C(field) offsetof(struct presence_config, field)
 
@@ -31,6 +32,10 @@ static const struct conf_option presence_rows[] = {
         {"global", "max-message-size", CONF_SIZE, C(max_message_size), "256KiB", 0, 0, 0,
          "Largest SIP message accepted (from 4KiB to 64MiB); an address book subscription "
          "needs room for its list"},
+        {"global", "udp-receive-buffer", CONF_SIZE, C(udp_receive_buffer), "4MiB", 0, 0, 0,
+         "Receive buffer of the UDP transports' sockets, to absorb the answers to a fan-out of "
+         "NOTIFYs (0: the system's default; beyond net.core.rmem_max only when running as "
+         "root)"},
         {"presence", "expires", CONF_DURATION, C(publish_expires_ms), "600s", 0, 0, 0,
          "Lifetime of a publication whose PUBLISH has no Expires", .unit = CONF_UNIT_S},
         {"presence", "min-expires", CONF_DURATION, C(publish_min_expires_ms), "60s", 0, 0, 0,
@@ -517,9 +522,20 @@ int presence_start(struct presence *p) {
         p->default_leg = nta_leg_tcreate(p->agent, on_request, p, NTATAG_NO_DIALOG(1), TAG_END());
         if (!p->default_leg)
                 return log_error_errno(ENOMEM, "Failed to create the default leg.");
+        _cleanup_strv_free_ char **udp_ports = NULL;
         for (tport_t *tp = tport_primaries(nta_agent_tports(p->agent)); tp; tp = tport_next(tp)) {
                 const tp_name_t *n = tport_name(tp);
                 log_notice("Listening on %s %s:%s.", n->tpn_proto, n->tpn_host, n->tpn_port);
+                if (strcaseeq(n->tpn_proto, "udp") && strv_extend(&udp_ports, n->tpn_port) < 0)
+                        return log_oom();
+        }
+        if (c->udp_receive_buffer > 0 && udp_ports) {
+                int size = (int)MIN(c->udp_receive_buffer, (uint64_t)INT_MAX / 2);
+                r = udp_set_receive_buffers(udp_ports, size);
+                if (r < 0)
+                        log_warning_errno(r, "Cannot set the UDP receive buffers: %m");
+                else
+                        log_debug("UDP receive buffer of %d socket(s) set to %d bytes.", r, size);
         }
         if (c->redis_host && *c->redis_host && (r = shared_start(p)) < 0)
                 return r;

@@ -23,6 +23,7 @@ struct stats_counter;
 struct presence_config {
         char **transports;
         uint64_t max_message_size;
+        uint64_t udp_receive_buffer;
         uint64_t publish_expires_ms, publish_min_expires_ms, publish_max_expires_ms;
         uint64_t subscribe_expires_ms, subscribe_min_expires_ms, subscribe_max_expires_ms;
         int64_t max_presentities;

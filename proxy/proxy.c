@@ -20,6 +20,7 @@
 #include "proxy.h"
 #include "stats.h"
 #include "transport.h"
+#include "udp.h"
 
 #define C(field) offsetof(struct proxy_config, field)
 
@@ -540,7 +541,7 @@ int proxy_start(struct proxy *p) {
         }
         if (p->config.udp_receive_buffer > 0 && udp_ports) {
                 int size = (int)MIN(p->config.udp_receive_buffer, (uint64_t)INT_MAX / 2);
-                r = transport_udp_receive_buffers(udp_ports, size);
+                r = udp_set_receive_buffers(udp_ports, size);
                 if (r < 0)
                         log_warning_errno(r, "Cannot set the UDP receive buffers: %m");
                 else

@@ -35,9 +35,3 @@ struct transport_tls_files {
  * Each failure is logged as one error line naming the file and the problem. */
 int transport_tls_prepare(const struct transport_tls_files *files, char **ret_dir);
 void transport_tls_dir_remove(const char *dir);
-
-/* sofia does not expose its sockets: the UDP sockets of this process bound to one of ports
- * (numeric strings, NULL-terminated) get a receive buffer of size bytes (SO_RCVBUFFORCE when
- * permitted, else SO_RCVBUF within net.core.rmem_max), so that a burst or a short stall of the
- * loop does not drop datagrams. Returns how many sockets were set, or -errno. */
-int transport_udp_receive_buffers(char *const *ports, int size);
