@@ -18,7 +18,10 @@ struct http2_transfer {
         void *userdata;
         char errbuf[CURL_ERROR_SIZE];
         uint64_t retry_after_ms;
-        struct http2_transfer *prev, *next;
+        struct http2_transfer *prev, *next;        /* every transfer */
+        struct http2_transfer *qprev, *qnext;      /* waiting for a slot */
+        bool active;                               /* in the multi handle */
+        bool queued;
 };
 
 struct http2_socket {
@@ -31,9 +34,73 @@ struct http2 {
         struct loop_timer *timer;
         struct http2_transfer *transfers;
         size_t n_transfers;
+        /* At most HTTP2_MAX_ACTIVE transfers are in curl's multi handle; the others wait here
+         * in order. libcurl 7.88's curl_multi_remove_handle walks its lists of transfers, so
+         * handing it thousands at once (a burst of pushes) made each completion cost in
+         * proportion to the backlog. */
+        struct http2_transfer *queue_head, *queue_tail;
+        size_t n_active;
         uint64_t connections;
-        bool in_dispatch;
+        bool freeing;
 };
+
+static int activate(struct http2_transfer *t) {
+        struct http2 *h = t->h;
+        if (curl_multi_add_handle(h->multi, t->easy) != CURLM_OK)
+                return -EINVAL;
+        t->active = true;
+        h->n_active++;
+        return 0;
+}
+
+static void deactivate(struct http2_transfer *t) {
+        if (!t->active)
+                return;
+        curl_multi_remove_handle(t->h->multi, t->easy);
+        t->active = false;
+        t->h->n_active--;
+}
+
+static void queue_unlink(struct http2_transfer *t) {
+        struct http2 *h = t->h;
+        if (!t->queued)
+                return;
+        if (t->qprev)
+                t->qprev->qnext = t->qnext;
+        else
+                h->queue_head = t->qnext;
+        if (t->qnext)
+                t->qnext->qprev = t->qprev;
+        else
+                h->queue_tail = t->qprev;
+        t->qprev = t->qnext = NULL;
+        t->queued = false;
+}
+
+static void queue_append(struct http2_transfer *t) {
+        struct http2 *h = t->h;
+        t->qprev = h->queue_tail;
+        t->qnext = NULL;
+        if (h->queue_tail)
+                h->queue_tail->qnext = t;
+        else
+                h->queue_head = t;
+        h->queue_tail = t;
+        t->queued = true;
+}
+
+/* Moves waiting transfers into free slots. A transfer curl refuses stays first in line and is
+ * tried again when the next slot frees. */
+static void start_queued(struct http2 *h) {
+        while (h->queue_head && h->n_active < HTTP2_MAX_ACTIVE && !h->freeing) {
+                struct http2_transfer *t = h->queue_head;
+                if (activate(t) < 0) {
+                        log_debug("Cannot start a queued transfer; it waits for the next slot.");
+                        return;
+                }
+                queue_unlink(t);
+        }
+}
 
 static void transfer_free(struct http2_transfer *t) {
         if (!t)
@@ -41,8 +108,10 @@ static void transfer_free(struct http2_transfer *t) {
         struct http2 *h = t->h;
         if (t->cb && t->drop)
                 t->drop(t->userdata);
+        bool was_active = t->active;
+        queue_unlink(t);
         if (t->easy) {
-                curl_multi_remove_handle(h->multi, t->easy);
+                deactivate(t);
                 curl_easy_cleanup(t->easy);
         }
         curl_slist_free_all(t->headers);
@@ -55,6 +124,8 @@ static void transfer_free(struct http2_transfer *t) {
                 t->next->prev = t->prev;
         h->n_transfers--;
         free(t);
+        if (was_active)
+                start_queued(h);
 }
 
 static void check_done(struct http2 *h) {
@@ -87,10 +158,11 @@ static void check_done(struct http2 *h) {
                 http2_done_fn cb = t->cb;
                 void *ud = t->userdata;
                 /* The body stays valid during the callback; the transfer goes after. */
-                curl_multi_remove_handle(h->multi, t->easy);
+                deactivate(t);
                 t->cb = NULL;
                 cb(&resp, ud);
                 transfer_free(t);
+                start_queued(h);
         }
 }
 
@@ -219,6 +291,7 @@ int http2_new(struct loop *l, struct http2 **ret) {
 void http2_free(struct http2 *h) {
         if (!h)
                 return;
+        h->freeing = true;
         while (h->transfers)
                 transfer_free(h->transfers);
         if (h->multi)
@@ -282,10 +355,12 @@ int http2_send(struct http2 *h, const struct http2_request *req, http2_done_fn c
         } else
                 SET(CURLOPT_HTTPGET, 1L);
 #undef SET
-        if (!ok || curl_multi_add_handle(h->multi, e) != CURLM_OK) {
+        if (!ok || (h->n_active < HTTP2_MAX_ACTIVE && !h->queue_head && activate(t) < 0)) {
                 transfer_free(t);
                 return -EINVAL;
         }
+        if (!t->active)
+                queue_append(t);
         /* From here on a drop tells the owner; before, the caller still owns userdata. */
         t->cb = cb;
         t->drop = req->drop;
@@ -300,4 +375,8 @@ uint64_t http2_connections_opened(struct http2 *h) {
 
 size_t http2_in_flight(struct http2 *h) {
         return h->n_transfers;
+}
+
+size_t http2_waiting(struct http2 *h) {
+        return h->n_transfers - h->n_active;
 }

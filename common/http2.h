@@ -25,6 +25,9 @@ struct http2_response {
 };
 
 #define HTTP2_MAX_RESPONSE 65536
+/* Transfers handed to libcurl at once per client; more wait in order for a slot (their
+ * timeout starts when they start). */
+#define HTTP2_MAX_ACTIVE 100
 
 typedef void (*http2_done_fn)(const struct http2_response *resp, void *userdata);
 
@@ -59,3 +62,5 @@ void http2_cancel(struct http2_transfer *t);
 uint64_t http2_connections_opened(struct http2 *h);
 /* Transfers in flight. */
 size_t http2_in_flight(struct http2 *h);
+/* Of those, the ones waiting for a slot (HTTP2_MAX_ACTIVE). */
+size_t http2_waiting(struct http2 *h);

@@ -575,6 +575,11 @@ static uint64_t gauge_connections(void *userdata) {
         return p->http2 ? http2_connections_opened(p->http2) : 0;
 }
 
+static uint64_t gauge_waiting(void *userdata) {
+        struct pushd *p = userdata;
+        return p->http2 ? http2_waiting(p->http2) : 0;
+}
+
 static int declare_stats(struct pushd *p) {
         struct stats *s = daemon_stats(p->daemon);
         const char *sec = "pushd";
@@ -608,6 +613,9 @@ static int declare_stats(struct pushd *p) {
         if (stats_declare_gauge(s, sec, "jobs-held", "Jobs in memory now", gauge_jobs, p) < 0 ||
             stats_declare_gauge(s, sec, "pushes-in-flight", "Pushes waiting for an answer",
                                 gauge_in_flight, p) < 0 ||
+            stats_declare_gauge(s, sec, "pushes-waiting-for-a-stream",
+                                "Pushes waiting for one of the HTTP/2 client's 100 slots",
+                                gauge_waiting, p) < 0 ||
             stats_declare_gauge(s, sec, "count-connections-opened",
                                 "Connections opened to the providers", gauge_connections, p) < 0)
                 return -ENOMEM;

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include "http2.h"
 #include "macro.h"
 #include "testlib-h2.h"
 #include "testlib-jwt.h"
@@ -281,6 +282,54 @@ START_TEST(test_pushd_apns_token_auth) {
                          tl_h2_header(json_array_get(recs, 32), "authorization"));
         json_decref(recs);
 
+        tl_daemon_done(&d);
+        tl_h2_server_stop(&apns);
+        tl_redis_stop(&r);
+}
+END_TEST
+
+START_TEST(test_pushd_apns_burst_waits_for_slots) {
+        /* 250 pushes at once, the server answering each after 0.5 s: all go over one
+         * connection; at most HTTP2_MAX_ACTIVE (100) are handed to libcurl, the others wait
+         * their turn in pushd's HTTP/2 client (shown by its gauge) instead of piling up in
+         * libcurl, whose handle removal walks its lists of transfers. */
+        struct tl_redis r;
+        tl_redis_start(&r, NULL);
+        struct tl_h2_server apns;
+        tl_h2_server_start(&apns, "apns", "apns", NULL,
+                           "{\"default\":{\"status\":200,\"delay\":0.5}}");
+        _cleanup_free_ char *key = tl_write_ec_key("AuthKey.p8");
+        _cleanup_free_ char *conf = apns_conf(&r, &apns, key, NULL);
+        struct tl_daemon d = {0};
+        tl_daemon_start(&d, "pushd", conf);
+        enum { N = 250 };
+        for (unsigned k = 0; k < N; k++) {
+                _cleanup_free_ char *t = hex_token(2000 + k), *id = NULL, *j = NULL;
+                ck_assert_int_ge(asprintf(&id, "slot-%u", k), 0);
+                j = apns_job("call", t, id, NULL);
+                free(xadd(&r, j));
+        }
+        /* While the server holds its answers, pushd keeps the pushes beyond its 100 slots. */
+        long long waiting = 0;
+        for (int i = 0; i < 200 && waiting < N - HTTP2_MAX_ACTIVE - 50; i++) {
+                long long w = counter(&d, "pushes-waiting-for-a-stream");
+                if (w > waiting)
+                        waiting = w;
+                sleep_ms(10);
+        }
+        ck_assert_int_ge(waiting, N - HTTP2_MAX_ACTIVE - 50);
+        json_t *recs = tl_h2_server_wait(&apns, N, 30000);
+        ck_assert_int_eq(json_array_size(recs), N);
+        json_int_t conn = json_integer_value(json_object_get(json_array_get(recs, 0), "conn"));
+        for (size_t i = 0; i < N; i++)
+                ck_assert_int_eq(
+                        json_integer_value(json_object_get(json_array_get(recs, i), "conn")),
+                        conn);
+        json_decref(recs);
+        wait_counter(&d, "count-pn-sent", N, 10000);
+        ck_assert_int_eq(counter(&d, "count-connections-opened"), 1);
+        ck_assert_int_eq(counter(&d, "pushes-waiting-for-a-stream"), 0);
+        wait_pending(&r, 0, 5000);
         tl_daemon_done(&d);
         tl_h2_server_stop(&apns);
         tl_redis_stop(&r);
@@ -1205,6 +1254,7 @@ int main(void) {
         TCase *tc = tcase_create("apns");
         tcase_set_timeout(tc, 120);
         tcase_add_test(tc, test_pushd_apns_token_auth);
+        tcase_add_test(tc, test_pushd_apns_burst_waits_for_slots);
         tcase_add_test(tc, test_pushd_apns_errors);
         tcase_add_test(tc, test_pushd_apns_certificate_auth);
         tcase_add_test(tc, test_pushd_apns_expired_provider_token);
