@@ -223,6 +223,12 @@ uint64_t call_last_activity(struct call *c) {
         return last;
 }
 
+uint64_t call_idle_ms(struct call *c, uint64_t now) {
+        uint64_t last = call_last_activity(c);
+        /* A packet thread may stamp a packet after the caller read its clock: not idle. */
+        return last < now ? now - last : 0;
+}
+
 int stream_set_signalled(struct stream *s, bool rtcp, const char *addr, unsigned port) {
         struct rsock *rs = rtcp ? &s->rtcp : &s->rtp;
         struct sockaddr_storage sa = {0};
@@ -333,7 +339,7 @@ json_t *call_to_json(struct call *c, bool details) {
         call_unlock(c);
         return json_pack("{s:s,s:I,s:I,s:o,s:I,s:I}", "call-id", c->call_id, "created",
                          (json_int_t)(c->created_ms / 1000), "idle-ms",
-                         (json_int_t)(mono_ms() - call_last_activity(c)), details ? "legs" : "tags",
+                         (json_int_t)call_idle_ms(c, mono_ms()), details ? "legs" : "tags",
                          legs, "packets", (json_int_t)packets, "bytes", (json_int_t)bytes);
 }
 

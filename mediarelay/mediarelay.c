@@ -243,9 +243,10 @@ static void on_sweep(struct loop_timer *t, void *userdata) {
                         struct call *c = m->buckets[b];
                         while (c) {
                                 struct call *next = c->next;
-                                if (now - call_last_activity(c) >= limit) {
+                                uint64_t idle = call_idle_ms(c, now);
+                                if (idle >= limit) {
                                         log_info("Call '%s' idle for %llu ms, deleted", c->call_id,
-                                                 (unsigned long long)(now - call_last_activity(c)));
+                                                 (unsigned long long)idle);
                                         stats_inc(m->count_expired);
                                         call_delete(m, c);
                                 }

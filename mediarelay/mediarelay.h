@@ -260,6 +260,9 @@ int call_ensure_media(struct mediarelay *m, struct call *c, unsigned i);
 void call_lock(struct call *c);
 void call_unlock(struct call *c);
 uint64_t call_last_activity(struct call *c);
+/* Milliseconds since the call's last packet or signalling at now (monotonic); 0 when a packet
+ * came after now was read. */
+uint64_t call_idle_ms(struct call *c, uint64_t now);
 struct json_t *call_to_json(struct call *c, bool details);
 struct bencode *call_to_bencode(struct call *c);
 int stream_set_signalled(struct stream *s, bool rtcp, const char *addr, unsigned port);

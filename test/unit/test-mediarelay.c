@@ -149,6 +149,19 @@ START_TEST(test_mediarelay_ng_ping_offer_delete) {
         ck_assert_ptr_null(strstr(out, "a=rtcp:4001"));
         bencode_free(r);
 
+        /* Idle time: a packet thread may stamp a packet after the sweep read its clock; that
+         * call is active, not idle for 2^64 ms (which deleted busy calls under load). */
+        struct call *c1 = call_find(relay, "c1");
+        ck_assert_ptr_nonnull(c1);
+        struct stream *st = c1->legs[0].media[0];
+        ck_assert_ptr_nonnull(st);
+        uint64_t now = mono_ms();
+        atomic_store(&st->rtp.last_rx_ms, now + 5);
+        ck_assert_uint_eq(call_idle_ms(c1, now), 0);
+        /* Ten seconds later it has been idle for about ten seconds. */
+        ck_assert_uint_ge(call_idle_ms(c1, now + 10000), 9990);
+        ck_assert_uint_le(call_idle_ms(c1, now + 10000), 10000);
+
         static const char del[] = "d d7:command6:delete7:call-id2:c1e";
         r = process(del, sizeof(del) - 1, NULL);
         ck_assert_str_eq(bencode_dict_get_str(r, "result"), "ok");
