@@ -38,13 +38,27 @@ struct ep {
         uint16_t seq;
         uint32_t ssrc;
         uint16_t win_start, win_end; /* sequence numbers sent inside the measured window */
+        uint8_t *got;                /* bitmap: which of its peer's window packets came back */
 };
 
-/* A packet from eps[from] with sequence number seq: inside the window? */
 static bool in_window(const struct ep *from, uint16_t seq, bool ended) {
         uint16_t end = ended ? from->win_end : from->seq;
         return (uint16_t)(seq - from->win_start) < (uint16_t)(end - from->win_start);
 }
+
+/* Marks the packet of eps[from] with sequence number seq as received; false when it is
+ * outside the window or came already (a duplicate). */
+static bool mark(struct ep *to, const struct ep *from, uint16_t seq, bool ended) {
+        if (!in_window(from, seq, ended))
+                return false;
+        uint16_t k = (uint16_t)(seq - from->win_start);
+        if (to->got[k / 8] & (1u << (k % 8)))
+                return false;
+        to->got[k / 8] |= (uint8_t)(1u << (k % 8));
+        return true;
+}
+
+/* A packet from eps[from] with sequence number seq: inside the window? */
 
 static uint64_t now_us(void) {
         struct timespec ts;
@@ -129,8 +143,13 @@ int main(int argc, char **argv) {
                 if (!measuring && t >= measure_at) {
                         measuring = true;
                         sent = received = bytes = send_errors = 0;
-                        for (size_t i = 0; i < n; i++)
+                        for (size_t i = 0; i < n; i++) {
                                 eps[i].win_start = eps[i].seq;
+                                /* at most 65536 sequence numbers in a window */
+                                eps[i].got = calloc(65536 / 8, 1);
+                                if (!eps[i].got)
+                                        die("calloc");
+                        }
                         printf("measure-start\n");
                         fflush(stdout);
                 }
@@ -175,8 +194,8 @@ int main(int argc, char **argv) {
                                 received++;
                                 bytes += msgs[j].msg_len;
                                 if (measuring && msgs[j].msg_len >= 4 &&
-                                    in_window(&eps[idx ^ 1],
-                                              (uint16_t)(rbuf[j][2] << 8 | rbuf[j][3]), false))
+                                    mark(e, &eps[idx ^ 1],
+                                         (uint16_t)(rbuf[j][2] << 8 | rbuf[j][3]), false))
                                         window_received++;
                         }
                 }
@@ -192,22 +211,46 @@ int main(int argc, char **argv) {
                         while ((len = recv(eps[idx].fd, b, sizeof b, MSG_DONTWAIT)) > 0) {
                                 last_rx = now_us();
                                 if (len >= 4 &&
-                                    in_window(&eps[idx ^ 1], (uint16_t)(b[2] << 8 | b[3]), true))
+                                    mark(&eps[idx], &eps[idx ^ 1], (uint16_t)(b[2] << 8 | b[3]),
+                                         true))
                                         window_received++;
                         }
                 }
         }
         uint64_t drain_ms = (last_rx - drain_start) / 1000;
+        /* Where the lost packets were in the window (tenths), and how many endpoints lost any:
+         * spread evenly is loss under way, bunched at an edge is a counting or timing matter. */
+        uint64_t lost_tenth[10] = {0}, endpoints_with_loss = 0;
+        for (size_t i = 0; i < n; i++) {
+                const struct ep *from = &eps[i ^ 1];
+                uint16_t span = (uint16_t)(from->win_end - from->win_start);
+                bool any = false;
+                for (uint16_t k = 0; k < span; k++)
+                        if (!(eps[i].got[k / 8] & (1u << (k % 8)))) {
+                                lost_tenth[(size_t)k * 10 / span]++;
+                                any = true;
+                        }
+                endpoints_with_loss += any;
+        }
         printf("measure-end\n");
         printf("{\"calls\": %ld, \"pps\": %ld, \"seconds\": %ld, \"sent\": %llu, \"received\": "
                "%llu, \"bytes\": %llu, \"send_errors\": %llu, \"window_received\": %llu, "
-               "\"drain_ms\": %llu}\n",
+               "\"drain_ms\": %llu, \"endpoints_with_loss\": %llu, \"lost_by_tenth\": "
+               "[%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu]}\n",
                calls, pps, measure, (unsigned long long)sent, (unsigned long long)received,
                (unsigned long long)bytes, (unsigned long long)send_errors,
-               (unsigned long long)window_received, (unsigned long long)drain_ms);
+               (unsigned long long)window_received, (unsigned long long)drain_ms,
+               (unsigned long long)endpoints_with_loss, (unsigned long long)lost_tenth[0],
+               (unsigned long long)lost_tenth[1], (unsigned long long)lost_tenth[2],
+               (unsigned long long)lost_tenth[3], (unsigned long long)lost_tenth[4],
+               (unsigned long long)lost_tenth[5], (unsigned long long)lost_tenth[6],
+               (unsigned long long)lost_tenth[7], (unsigned long long)lost_tenth[8],
+               (unsigned long long)lost_tenth[9]);
         fflush(stdout);
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
                 close(eps[i].fd);
+                free(eps[i].got);
+        }
         free(eps);
         close(ep_fd);
         return 0;
