@@ -609,7 +609,7 @@ START_TEST(test_longterm_mariadb_frozen) {
         ck_assert_int_eq(counter("count-notify-hold-expired"), 0);
 
         /* Frozen: contacts 8..15, users 8 and 12. */
-        ck_assert_int_eq(kill(m.proc.pid, SIGSTOP), 0);
+        tl_freeze(&m.proc);
         _cleanup_free_ char *book2 = address_book_from(8, 8);
         struct tl_ua *owner2 = new_ua();
         uint64_t t0 = now_msec();

@@ -415,7 +415,7 @@ START_TEST(test_presence_redis_down) {
 
         /* Redis stalls (stopped with SIGSTOP): a PUBLISH gets 503 once redis-command-timeout
          * (1 s) passed, never waits longer. */
-        ck_assert_int_eq(kill(redis.proc.pid, SIGSTOP), 0);
+        tl_freeze(&redis.proc);
         msg_t *m = NULL;
         uint64_t t0 = now_msec();
         ck_assert_int_eq(publish(alice, "alice", e1, "600", NULL, NULL, &m), 503);
@@ -508,7 +508,7 @@ START_TEST(test_presence_redis_publish_at_shutdown) {
                                   "Content-Length: %zu\r\n\r\n%s",
                                   ntohs(me.sin_port), strlen(body), body),
                          0);
-        ck_assert_int_eq(kill(redis.proc.pid, SIGSTOP), 0);
+        tl_freeze(&redis.proc);
         struct sockaddr_in to = {.sin_family = AF_INET,
                                  .sin_port = htons((uint16_t)A.port),
                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};

@@ -393,7 +393,7 @@ START_TEST(test_cluster_cut_off_holder_drops_taken_messages) {
                 usleep(100 * 1000);
         }
 
-        tl_kill(&a.proc, SIGSTOP);
+        tl_freeze(&a.proc);
         for (int i = 0; i < 100 && pending_on(&b) == 0; i++)
                 usleep(100 * 1000);
         ck_assert_uint_eq(pending_on(&b), 1);

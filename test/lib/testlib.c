@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <hiredis/hiredis.h>
@@ -189,6 +190,39 @@ int tl_wait(struct tl_proc *p, int timeout_ms) {
 void tl_kill(struct tl_proc *p, int sig) {
         if (p->pid > 0)
                 kill(p->pid, sig);
+}
+
+void tl_freeze(struct tl_proc *p) {
+        ck_assert_int_gt(p->pid, 0);
+        ck_assert_int_eq(kill(p->pid, SIGSTOP), 0);
+        /* kill() returns before every thread has stopped: a thread busy on a CPU goes on until
+         * it next enters the kernel. Wait until each one shows state T. */
+        char dir[64];
+        snprintf(dir, sizeof dir, "/proc/%d/task", (int)p->pid);
+        for (int waited = 0;; waited += 5) {
+                bool all = true;
+                DIR *d = opendir(dir);
+                ck_assert_ptr_nonnull(d);
+                for (struct dirent *e; all && (e = readdir(d));) {
+                        if (e->d_name[0] == '.')
+                                continue;
+                        char path[sizeof dir + 256 + 8], buf[512];
+                        snprintf(path, sizeof path, "%s/%s/stat", dir, e->d_name);
+                        FILE *f = fopen(path, "re");
+                        if (!f)
+                                continue; /* the thread ended */
+                        size_t n = fread(buf, 1, sizeof buf - 1, f);
+                        fclose(f);
+                        buf[n] = 0;
+                        const char *close_paren = strrchr(buf, ')');
+                        all = close_paren && (close_paren[2] == 'T' || close_paren[2] == 't');
+                }
+                closedir(d);
+                if (all)
+                        return;
+                ck_assert_msg(waited < 5000, "process %d did not stop", (int)p->pid);
+                nanosleep(&(struct timespec){0, 5 * 1000 * 1000}, NULL);
+        }
 }
 
 int tl_stop(struct tl_proc *p) {

@@ -40,6 +40,8 @@ int tl_wait(struct tl_proc *p, int timeout_ms);
 /* SIGTERM, wait up to 5 s, then SIGKILL. Returns the wait status. */
 int tl_stop(struct tl_proc *p);
 void tl_kill(struct tl_proc *p, int sig);
+/* SIGSTOP, then wait (at most 5 s) until every thread of the process has stopped. */
+void tl_freeze(struct tl_proc *p);
 /* The child's log so far (malloc'd, "" if none). */
 char *tl_log(struct tl_proc *p);
 
